@@ -1,0 +1,155 @@
+"Sparse autoencoders: SPEC §1.4 forward, hand-written gradients, toy recovery of known features, I/O, bad input."
+import numpy as np
+import pytest
+import torch
+
+from rewardsae.sae import (NonFiniteError, SparseAutoencoder, evaluate_sae, sae_step_grads, toy_data, train_sae)
+
+
+def _best_cos(true, learned):
+    t = true / true.norm(dim=1, keepdim=True)
+    l = learned / learned.norm(dim=1, keepdim=True)
+    return (t @ l.T).max(dim=1).values.mean().item()
+
+
+def test_forward_matches_hand_computation():
+    sae = SparseAutoencoder(2, 3, tied=True)
+    with torch.no_grad():
+        sae.W.copy_(torch.tensor([[3.0, 4.0], [0.0, -2.0], [1.0, 1.0]]))   # unit rows: (.6,.8), (0,-1), (.7071,.7071)
+        sae.b_enc.copy_(torch.tensor([0.0, 0.5, -1.0]))
+        sae.b_dec.copy_(torch.tensor([1.0, -1.0]))
+    x = torch.tensor([[1.0, 2.0]])
+    # pre = (.6+1.6, -2+.5, 2.1213-1) = (2.2, -1.5, 1.1213) -> f = (2.2, 0, 1.1213)
+    x_hat, f = sae(x)
+    assert f.tolist()[0] == pytest.approx([2.2, 0.0, 3 / 2 ** 0.5 - 1], abs=1e-6)
+    r = 1.1213203 / 2 ** 0.5
+    assert x_hat.tolist()[0] == pytest.approx([2.2 * 0.6 + r + 1, 2.2 * 0.8 + r - 1], abs=1e-5)
+    loss, _, _ = sae.loss(x, l1_coef=0.1)
+    mse = ((x_hat - x) ** 2).mean().item()
+    assert loss.item() == pytest.approx(mse + 0.1 * (2.2 + 1.1213203), rel=1e-5)
+
+
+def test_tied_dictionary_unit_norm_even_after_scaling():
+    sae = SparseAutoencoder(5, 7, tied=True, seed=0)
+    x = torch.randn(4, 5)
+    before = sae(x)
+    with torch.no_grad():
+        sae.W.mul_(torch.arange(1.0, 8.0)[:, None])   # rescale each row differently
+    assert torch.allclose(sae.dictionary.norm(dim=1), torch.ones(7), atol=1e-6)
+    assert torch.allclose(sae(x)[0], before[0], atol=1e-5)   # the normalisation makes the scale irrelevant
+    assert sae.W.norm(dim=1)[6].item() == pytest.approx(7.0, rel=1e-5)   # not renormalised in place
+
+
+def test_untied_normalises_decoder_rows_only():
+    sae = SparseAutoencoder(4, 6, tied=False, seed=0)
+    with torch.no_grad():
+        sae.W_dec.mul_(5.0)
+        sae.W.mul_(3.0)
+    assert torch.allclose(sae.dictionary.norm(dim=1), torch.ones(6), atol=1e-6)
+    x = torch.randn(3, 4)
+    assert torch.allclose(sae.encode(x), torch.relu(x @ sae.W.T + sae.b_enc))   # encoder is free
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_hand_written_gradients_equal_autograd(tied):
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(8, 16, tied=tied, seed=1).double()
+    with torch.no_grad():
+        sae.W.mul_(torch.rand(16, 1, dtype=torch.float64) * 3 + 0.5)
+        sae.b_enc.normal_(0, 0.3)
+        sae.b_dec.normal_()
+        if not tied:
+            sae.W_dec.mul_(2.0)
+    x = torch.randn(32, 8, dtype=torch.float64)
+    loss, _, f = sae.loss(x, 0.01)
+    loss.backward()
+    ref = {k: p.grad.clone() for k, p in sae.named_parameters()}
+    loss2, sse, counts = sae_step_grads(sae, x.clone(), 0.01)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-12)
+    for k, p in sae.named_parameters():
+        assert torch.allclose(p.grad, ref[k], atol=1e-12), k
+    assert counts.sum().item() == (f > 0).sum().item()
+
+
+def test_toy_features_recovered():
+    X, true = toy_data(n_samples=20_000, d=32, n_features=64, k=3, seed=0)
+    sae, m = train_sae(X, 128, l1_coef=3e-3, lr=1e-2, epochs=3, batch_size=512, progress=False)
+    assert _best_cos(true, sae.dictionary) >= 0.85
+    assert _best_cos(true, torch.randn(128, 32, generator=torch.Generator().manual_seed(1))) < 0.6            # chance level, for contrast
+    assert m.fvu.iloc[-1] < 0.2 and list(m.epoch) == [1, 2, 3]
+
+
+def test_memmap_input_chunked_and_metrics_known(tmp_path):
+    # Data on a ray: with l1_coef = 0 an SAE reconstructs it exactly, with a feature along the ray.
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(3000, 1, generator=g) * 4 + 1
+    direction = torch.tensor([[0.6, 0.8, 0.0]])
+    X = (t * direction).numpy().astype(np.float32)
+    path = tmp_path / "acts.npy"
+    np.save(path, X)
+    mm = np.load(path, mmap_mode="r")
+    sae, m = train_sae(mm, 4, l1_coef=0.0, lr=1e-2, epochs=30, batch_size=100, chunk_bytes=600 * 12,
+                       progress=False)
+    ev = evaluate_sae(sae, mm)
+    assert ev["fvu"] < 1e-3 and 0.5 <= ev["l0"] <= 4.0
+    assert float((sae.dictionary @ direction[0]).abs().max()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_evaluate_by_hand():
+    sae = SparseAutoencoder(2, 2, tied=True)
+    with torch.no_grad():
+        sae.W.copy_(torch.eye(2))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    X = torch.tensor([[1.0, -1.0], [3.0, 2.0], [-1.0, -2.0], [0.0, 4.0]])
+    # f = relu(x); x_hat = relu(x); errors only at negative entries: 1, 1, 4 -> sse 6
+    ev = evaluate_sae(sae, X)
+    var = ((X - X.mean(0)) ** 2).sum().item()
+    assert ev["mse"] == pytest.approx(6 / 8) and ev["fvu"] == pytest.approx(6 / var)
+    assert ev["l0"] == pytest.approx(4 / 4) and ev["dead_frac"] == 0.0
+
+
+def test_save_load_round_trip(tmp_path):
+    for tied in (True, False):
+        X, _ = toy_data(n_samples=2000, seed=1)
+        sae, _ = train_sae(X, 48, epochs=1, batch_size=256, tied=tied, progress=False, layer=3)
+        folder = sae.save(tmp_path / f"sae_{tied}", metadata={"model_name": "toy", "hook_name": "x"})
+        assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+        back = SparseAutoencoder.load(folder)
+        assert back.tied == tied and back.metadata["hook_layer"] == 3 and back.metadata["model_name"] == "toy"
+        assert back.metadata["l1_coefficient"] == 1e-3
+        xh, f = sae(X[:200])
+        xh2, f2 = back(X[:200])
+        assert torch.allclose(f, f2, rtol=1e-5, atol=1e-6) and torch.allclose(xh, xh2, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(back.dictionary, sae.dictionary, atol=1e-6)
+
+
+def test_nan_input_names_layer_and_step():
+    X = torch.randn(1000, 4)
+    X[0, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"layer 7: .*at step \d+ of epoch 1"):
+        train_sae(X, 8, batch_size=100, layer=7, progress=False)
+    # with no shuffling left to chance: the bad row is read at the step its shuffled position falls in
+    g = torch.Generator().manual_seed(0)
+    pos = int((torch.randperm(1000, generator=g) == 0).nonzero())
+    with pytest.raises(NonFiniteError, match=rf"at step {pos // 100 + 1} of epoch 1"):
+        train_sae(X, 8, batch_size=100, layer=7, progress=False)
+
+
+def test_diverging_loss_names_step():
+    X = torch.randn(512, 4) * 3e19          # finite input whose squared error overflows float32
+    with pytest.raises(NonFiniteError, match=r"loss became NaN/inf at step 1\b"):
+        train_sae(X, 8, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("args, msg", [
+    ((np.zeros((0, 4), np.float32), 8), "empty"),
+    ((np.zeros((10, 4), np.float32), 0), "d_hidden"),
+    ((np.zeros((10, 4), np.float32), -3), "d_hidden"),
+    ((np.zeros(10, np.float32), 8), "shape"),
+])
+def test_bad_input_clear_errors(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        train_sae(*args, progress=False)
+    with pytest.raises(ValueError, match="d_hidden"):
+        SparseAutoencoder(4, 0)
