@@ -1,0 +1,96 @@
+"The experiment runner: parameters, run folders, the whole smoke pipeline, caching, and the CLI through papermill."
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardsae.models import load_causal_lm
+from rewardsae.pipeline import make_params, open_run, run_all
+
+CLI = str(Path(sys.executable).parent / "rewardsae")   # the console script
+
+SMALL = dict(model="tiny-neox", preset="smoke", n_layers=2, k_features=3, k_table3=4, n_completions=6)
+
+
+@pytest.fixture(scope="module")
+def tuned_tiny(tmp_path_factory):
+    "tiny-neox with known perturbations: layer 3 moved most, then layer 1, layers 0 and 2 untouched."
+    model, tok = load_causal_lm("tiny-neox")
+    with torch.no_grad():
+        model.gpt_neox.layers[3].mlp.dense_h_to_4h.weight[0, 0] += 5.0
+        model.gpt_neox.layers[1].attention.dense.weight[0, 0] += 2.0
+    path = tmp_path_factory.mktemp("tuned") / "tiny-tuned"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_params_refuse_unknown_names_and_values():
+    with pytest.raises(TypeError, match="'colour'"):
+        make_params(colour="red")
+    with pytest.raises(ValueError, match="unknown preset 'gpu'"):
+        make_params(preset="gpu")
+    with pytest.raises(ValueError, match="unknown explainer"):
+        make_params(explainer="gpt5")
+    p = make_params(model="EleutherAI/pythia-70m", preset="cpu")
+    assert (p.n_docs, p.max_length, p.sae_seeds) == (400, 128, [0, 1, 2])
+    assert p.out == str(Path("runs") / "pythia-70m-utility-cpu")
+
+
+def test_run_folder_belongs_to_one_experiment(tmp_path):
+    open_run(make_params(model="tiny-neox", out=str(tmp_path / "r")))
+    open_run(make_params(model="tiny-neox", out=str(tmp_path / "r"), n_layers=3))   # other knobs may change
+    with pytest.raises(ValueError, match="holds a run with model='tiny-neox'"):
+        open_run(make_params(model="smollm2-135m", out=str(tmp_path / "r")))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("x")
+    with pytest.raises(ValueError, match="not a rewardsae run"):
+        open_run(make_params(out=str(tmp_path / "other")))
+
+
+def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_tiny):
+    out = str(tmp_path / "run")
+    st = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL), log=None)
+    s = json.loads((Path(out) / "summary.json").read_text())
+    assert s["selected_layers"] == [3, 1]
+    div = {r["layer"]: r["divergence"] for r in s["layers"]}
+    assert div[3] == pytest.approx(5.0) and div[1] == pytest.approx(2.0) and div[0] == div[2] == 0
+    # 2 models x 2 layers x 2 sizes x 1 seed
+    assert len(s["sae"]) == 8 and {r["size"] for r in s["sae"]} == {"large", "small"}
+    assert {(r["model"], r["layer"], r["method"]) for r in s["mmcs"]} == {
+        (m, l, k) for m in ("base", "rlhf") for l in (3, 1) for k in ("greedy", "hungarian")}
+    assert all(-1 <= r["score"] <= 1 for r in s["mmcs"])
+    for table in ("table3", "table4"):
+        for role in ("base", "rlhf"):
+            for v in s[table][role].values():
+                assert v["ci_low"] <= v["mean"] <= v["ci_high"] or v["ci_low"] != v["ci_low"]  # NaN CI with 1 seed
+    assert set(s) >= {"params", "layers", "selected_layers", "sae", "mmcs", "table3", "table4", "timings", "versions"}
+    assert (Path(out) / "report.md").read_text().startswith("# rewardsae run")
+    assert (Path(out) / "figures" / "divergence.png").exists() and (Path(out) / "figures" / "divergence.pdf").exists()
+
+    again = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL), log=None)
+    flat = lambda d: [x for v in d.values() for x in (v.values() if isinstance(v, dict) else [v]) if hasattr(x, "reused")]
+    assert all(x.reused for x in flat(again))
+
+    more = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "k_features": 2}), log=None)
+    assert more["divergence"].reused and all(x.reused for x in more["saes"].values())
+    assert not more["explanations"]["base"].reused and not more["table3"].reused
+
+
+def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
+    out = tmp_path / "cli-run"
+    args = ["run", "--model", "tiny-neox", "--preset", "smoke", "--tuned", tuned_tiny, "--out", str(out),
+            "--param", "n_layers=1", "--param", "k_features=2", "--param", "k_table3=2", "--param", "n_completions=4"]
+    r = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["selected_layers"] == [3] and s["params"]["n_layers"] == 1
+    assert (out / "experiment.ipynb").exists() and "Table 4" in (out / "report.md").read_text()
+    bad = subprocess.run([CLI, *args[:-1], "colour=red"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown parameter 'colour'" in bad.stderr
+    foreign = subprocess.run([CLI, "run", "--model", "smollm2-135m", "--out", str(out)],
+                             capture_output=True, text=True)
+    assert foreign.returncode == 2 and "holds a run with model='tiny-neox'" in foreign.stderr
