@@ -204,3 +204,8 @@ def test_token_explainer_description_and_lexical_simulator():
     sim = TokenExplainer().simulate(e.description, [" GREAT", "the", "film ", "x"])
     assert sim.pred.tolist() == [10, 0, 5, 0]
     assert TokenExplainer().explain([Example(0, ["a"], np.zeros(1), np.zeros(1, int))]).description.startswith("Does not fire")
+
+
+def test_echoed_format_example_is_not_a_prediction():
+    p, status = parse_simulation("The activation pairs are separated by commas (for example, \"4: 7, 12: 3\").", 20)
+    assert status == "malformed" and p.sum() == 0
