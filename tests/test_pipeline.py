@@ -94,3 +94,12 @@ def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
     foreign = subprocess.run([CLI, "run", "--model", "smollm2-135m", "--out", str(out)],
                              capture_output=True, text=True)
     assert foreign.returncode == 2 and "holds a run with model='tiny-neox'" in foreign.stderr
+
+
+def test_ablations_contrast_the_lowest_layers(tmp_path, tuned_tiny):
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "abl"), ablations=True, **SMALL), log=None)
+    a = st["summary"]["ablations"]
+    assert a["lowest_layers"] == [0, 2]                      # the two untouched layers, lower first
+    assert [r["l1_coef"] for r in a["fig4"]] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert {r["tied"] for r in a["table6"]} == {True, False}
+    assert (st["ablations"].folder / "l1_sweep.png").exists() and (tmp_path / "abl" / "figures" / "l1_sweep.pdf").exists()
