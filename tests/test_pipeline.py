@@ -103,3 +103,13 @@ def test_ablations_contrast_the_lowest_layers(tmp_path, tuned_tiny):
     assert [r["l1_coef"] for r in a["fig4"]] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
     assert {r["tied"] for r in a["table6"]} == {True, False}
     assert (st["ablations"].folder / "l1_sweep.png").exists() and (tmp_path / "abl" / "figures" / "l1_sweep.pdf").exists()
+
+
+def test_experiment_notebook_parameters_are_exactly_runparams():
+    import dataclasses
+    import papermill as pm
+    from rewardsae.cli import experiment_notebook
+    from rewardsae.pipeline import RunParams
+    nb = pm.inspect_notebook(str(experiment_notebook()))
+    assert list(nb) == [f.name for f in dataclasses.fields(RunParams)]
+    assert {k: eval(v["default"]) for k, v in nb.items()} == dataclasses.asdict(RunParams())
