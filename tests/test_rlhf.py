@@ -95,7 +95,8 @@ def test_smoke_training_outputs(smoke_run, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg == asdict(preset("smoke"))
     log = __import__("pandas").read_csv(out / "log.csv")
-    assert list(log["step"]) == [1, 2] and {"reward", "kl"} <= set(log.columns)
+    assert list(log["step"]) == [1, 2] and {"reward", "kl", "completion_reward"} <= set(log.columns)
+    assert (log["completion_reward"] <= log["reward"]).all()  # e_count(prompt + completion) >= e_count(completion)
     assert (out / "reward_kl.png").stat().st_size > 1000
     base, _ = load_causal_lm("tiny-neox", device="cpu")
     tuned, tok = load_causal_lm(policy, device="cpu")
