@@ -113,3 +113,14 @@ def test_experiment_notebook_parameters_are_exactly_runparams():
     nb = pm.inspect_notebook(str(experiment_notebook()))
     assert list(nb) == [f.name for f in dataclasses.fields(RunParams)]
     assert {k: eval(v["default"]) for k, v in nb.items()} == dataclasses.asdict(RunParams())
+
+
+def test_cli_refuses_an_unreachable_hub_model_before_any_work(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([CLI, "run", "--model", "EleutherAI/pythia-70m", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("rewardsae: error: model 'EleutherAI/pythia-70m'")
+    assert "unreachable" in r.stderr and not (tmp_path / "x").exists()
+    r = subprocess.run([CLI, "run", "--preset", "gpu"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "unknown preset 'gpu'" in r.stderr
