@@ -128,6 +128,7 @@ def memory_child(n_docs: int, layers, batch_size: int, max_length: int, site: st
         n_tok = harvest_once(model, tok, texts, layers, batch_size, max_length, site, workdir, keep)
         seconds = time.perf_counter() - t0
     return {"n_docs": n_docs, "n_tokens": n_tok, "seconds": seconds, "rss_anon_before": base.peak["RssAnon"],
+            "rss_file_before": base.peak["RssFile"],
             "peak_rss_anon": pm.peak["RssAnon"], "peak_rss_file": pm.peak["RssFile"], "peak_vmrss": pm.peak["VmRSS"],
             "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "activation_bytes_written": n_tok * len(layers) * model.config.hidden_size * 4}
@@ -180,20 +181,24 @@ def main(argv=None) -> dict:
     runs = {k: [] for k in sides}
     for r in range(a.repeats):
         for name, fn in sides.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             n_tok = fn()
-            s = time.perf_counter() - t0
-            runs[name].append({"seconds": s, "tokens": n_tok})
-            print(f"  repeat {r + 1}: {name}: {n_tok} tokens in {s:.1f} s ({n_tok / s:,.0f} tok/s)", flush=True)
+            s, cpu = time.perf_counter() - t0, time.process_time() - c0
+            runs[name].append({"seconds": s, "cpu_seconds": cpu, "tokens": n_tok, "loadavg_1m": os.getloadavg()[0]})
+            print(f"  repeat {r + 1}: {name}: {n_tok} tokens in {s:.1f} s, {cpu:.1f} CPU-s ({n_tok / s:,.0f} tok/s), "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
     best = {k: min(v, key=lambda x: x["seconds"]) for k, v in runs.items()}
     ntoks = {v["tokens"] for v in best.values()}
     if len(ntoks) != 1:
         raise RuntimeError(f"the sides saw different numbers of real tokens: {ntoks}")
     ref = best[next(iter(sides))]["seconds"]
+    ref_cpu = min(r["cpu_seconds"] for r in runs[next(iter(sides))])
     rows = [{"method": k, "seconds": v["seconds"], "tokens/s": v["tokens"] / v["seconds"],
-             "× plain (dataset order)": ref / v["seconds"]} for k, v in best.items()]
+             "× plain (dataset order)": ref / v["seconds"],
+             "CPU-s": min(r["cpu_seconds"] for r in runs[k]),
+             "× plain by CPU-s": ref_cpu / min(r["cpu_seconds"] for r in runs[k])} for k, v in best.items()]
     print()
-    print(table(rows, ["method", "seconds", "tokens/s", "× plain (dataset order)"]))
+    print(table(rows, ["method", "seconds", "tokens/s", "× plain (dataset order)", "CPU-s", "× plain by CPU-s"]))
     out = {"bench": "harvest", "machine": machine(), "args": {k: v for k, v in vars(a).items() if not k.startswith("_")},
            "n_tokens": ntoks.pop(), "rows": rows, "all_repeats": runs}
 
@@ -219,6 +224,7 @@ def main(argv=None) -> dict:
                   "anon RSS after model load (MiB)": m["rss_anon_before"] / 2**20,
                   "peak anon RSS (MiB)": m["peak_rss_anon"] / 2**20,
                   "harvest's own growth (MiB)": (m["peak_rss_anon"] - m["rss_anon_before"]) / 2**20,
+                  "file-backed RSS after model load (MiB)": m["rss_file_before"] / 2**20,
                   "peak file-backed RSS (MiB)": m["peak_rss_file"] / 2**20} for m in mem]
         print()
         print(table(mrows, list(mrows[0])))

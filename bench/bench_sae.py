@@ -47,7 +47,15 @@ def matmul_peak(batch: int, d_in: int, d_sae: int, min_seconds: float = 0.5) -> 
             torch.mm(a, b, out=out)
             reps += 1
         rates[name] = 2 * m * k * n * reps / (time.perf_counter() - t0)
-    return {"rates": rates, "peak": max(rates.values())}
+    # for information only (not the fp32 peak): the same first shape in bf16, which this CPU may run faster
+    a, b = torch.randn(batch, d_in, dtype=torch.bfloat16), torch.randn(d_in, d_sae, dtype=torch.bfloat16)
+    torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        torch.mm(a, b)
+        reps += 1
+    bf16 = 2 * batch * d_in * d_sae * reps / (time.perf_counter() - t0)
+    return {"rates": rates, "peak": max(rates.values()), "bf16_rate": bf16}
 
 
 def load_activations(store: str | None, layer: int | None, n_rows: int, d_in: int, seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -162,28 +170,37 @@ def main(argv=None) -> dict:
     for r in range(a.repeats):
         peaks.append(matmul_peak(B, a.d_in, a.d_sae))
         for name, fn in sides.items():
+            c0 = time.process_time()
             res = fn()
+            res["cpu_seconds"] = time.process_time() - c0
+            res["loadavg_1m"] = os.getloadavg()[0]
             runs[name].append(res)
-            print(f"  repeat {r + 1}: {name}: {res['seconds']:.2f} s ({steps * B / res['seconds']:,.0f} vectors/s)",
-                  flush=True)
+            print(f"  repeat {r + 1}: {name}: {res['seconds']:.2f} s, {res['cpu_seconds']:.2f} CPU-s "
+                  f"({steps * B / res['seconds']:,.0f} vectors/s), load {res['loadavg_1m']:.1f}", flush=True)
     peak = max(p["peak"] for p in peaks)
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = best.get("SAELens standard")
+    cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
     rows = []
     for name, res in best.items():
         rate = flops / res["seconds"]
         rows.append({"trainer": name, "seconds": res["seconds"], "vectors/s": steps * B / res["seconds"],
                      "× SAELens": (ref["seconds"] / res["seconds"]) if ref else float("nan"),
+                     "CPU-s": cpu[name],
+                     "× SAELens by CPU-s": (cpu["SAELens standard"] / cpu[name]) if ref else float("nan"),
                      "GFLOP/s": rate / 1e9, "% of matmul peak": 100 * rate / peak,
                      "final FVU": res.get("fvu", ""), "final L0": res.get("l0", "")})
     print()
-    print(table(rows, ["trainer", "seconds", "vectors/s", "× SAELens", "GFLOP/s", "% of matmul peak"]))
+    print(table(rows, ["trainer", "seconds", "vectors/s", "× SAELens", "CPU-s", "× SAELens by CPU-s", "GFLOP/s",
+                       "% of matmul peak"]))
     print(f"\nfp32 matmul peak in this run: {peak / 1e9:.1f} GFLOP/s (best of: " +
           ", ".join(f"{k} {max(p['rates'][k] for p in peaks) / 1e9:.1f}" for k in peaks[0]["rates"]) + ")")
+    print(f"(for information: bf16 B×d @ d×m in this run: {max(p['bf16_rate'] for p in peaks) / 1e9:.1f} GFLOP/s)")
     print(f"FLOPs counted per step: 10·B·d_in·d_sae = {sae_step_flops(B, a.d_in, a.d_sae) / 1e9:.2f} GFLOP (5 matmuls)")
     out = {"bench": "sae", "machine": machine(), "args": vars(a), "activations": source, "steps": steps,
            "flops_per_step": sae_step_flops(B, a.d_in, a.d_sae), "matmul_peak_flops": peak,
            "matmul_rates": {k: max(p["rates"][k] for p in peaks) for k in peaks[0]["rates"]},
+           "bf16_matmul_rate": max(p["bf16_rate"] for p in peaks),
            "rows": rows, "all_repeats": runs}
     if a.json:
         write_json(a.json, out)

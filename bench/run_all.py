@@ -49,7 +49,7 @@ def main(argv=None) -> None:
             run("bench_sae.py", "--store", str(store), "--batch-size", "64", "--epochs", "1", "--repeats", "1",
                 "--json", str(out / "quick_sae.json"), *th)
         else:
-            run("bench_harvest.py", "--n-docs", "64", "--mem-docs", "64", "--repeats", "2", "--workdir", str(work),
+            run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "4", "--workdir", str(work),
                 "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
             run("bench_sae.py", "--store", str(store), "--epochs", "4", "--repeats", "3", "--json", str(out / "sae.json"), *th)
             run("bench_sae.py", "--epochs", "4", "--repeats", "2", "--json", str(out / "sae_synthetic.json"), *th)

@@ -34,6 +34,14 @@ def main(argv=None) -> dict:
     found = find_summaries(Path(a.runs))
     if not found:
         print(f"No run with a summary.json under {a.runs}. To make one: {REGENERATE}")
+        # runs still in progress: the stages finished so far (each stage folder's stage.json records its seconds)
+        for run in sorted(Path(a.runs).glob("*/stages")) if Path(a.runs).is_dir() else []:
+            done = {d.name: json.loads((d / "stage.json").read_text()).get("seconds")
+                    for d in sorted(run.iterdir()) if (d / "stage.json").is_file()}
+            if done:
+                print(f"\nRun in progress {run.parent}: {len(done)} stages finished so far")
+                print(table([{"stage": k, "seconds": float(v)} for k, v in done.items()], ["stage", "seconds"]))
+                out["runs"].append({"folder": str(run.parent), "in_progress": True, "stage_seconds": done})
     for f in found:
         s = json.loads(f.read_text())
         p = s.get("params", {})
@@ -46,6 +54,7 @@ def main(argv=None) -> dict:
             print(table([{"step": k, "wall seconds": float(v), "share": f"{100 * float(v) / max(total, 1e-9):.0f}%"}
                          for k, v in timings.items()], ["step", "wall seconds", "share"]))
         if stages:
+            print()
             print(table([{"stage": k, "seconds": float(v)} for k, v in stages.items()], ["stage", "seconds"]))
         out["runs"].append({"folder": str(f.parent), "params": p, "timings": timings, "stage_seconds": stages})
     if a.json:
