@@ -124,3 +124,11 @@ def test_cli_refuses_an_unreachable_hub_model_before_any_work(tmp_path):
     assert "unreachable" in r.stderr and not (tmp_path / "x").exists()
     r = subprocess.run([CLI, "run", "--preset", "gpu"], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "unknown preset 'gpu'" in r.stderr
+
+
+def test_base_vs_rlhf_compares_across_seeds_with_a_floor(tmp_path, tuned_tiny):
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "seeds"), sae_seeds=[0, 1], **SMALL), log=None)
+    rows = st["summary"]["base_vs_rlhf"]
+    assert [r["layer"] for r in rows] == [3, 1]
+    assert all(r["base_seed"] == 0 and r["rlhf_seed"] == 1 for r in rows)       # never the same initialisation
+    assert all(-1 <= r["base_vs_base_greedy"] <= 1 for r in rows)
