@@ -101,6 +101,7 @@ def test_ablations_contrast_the_lowest_layers(tmp_path, tuned_tiny):
     a = st["summary"]["ablations"]
     assert a["lowest_layers"] == [0, 2]                      # the two untouched layers, lower first
     assert [r["l1_coef"] for r in a["fig4"]] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert "| 0.0001 |" in (st["ablations"].folder / "ablations.md").read_text()
     assert {r["tied"] for r in a["table6"]} == {True, False}
     assert (st["ablations"].folder / "l1_sweep.png").exists() and (tmp_path / "abl" / "figures" / "l1_sweep.pdf").exists()
 
