@@ -52,3 +52,15 @@ def test_first_tokens():
     ids = tok(text, add_special_tokens=False).input_ids
     assert first_tokens([text], 5, tok) == [tok.decode(ids[:5])]
     assert text.startswith(first_tokens([text], 5, tok)[0])
+
+
+def test_cached_head_does_not_pickle_its_class(tmp_path):
+    "A head cached while running the notebook (class in __main__) must load from the package: pickle only sklearn parts."
+    from rewardsae.sentiment import SentimentHead, fit_head
+    texts = ["great film, loved it", "wonderful and great", "awful, boring film", "terrible and boring"] * 3
+    head = fit_head(texts, [1, 1, 0, 0] * 3, min_df=1)
+    path = head.save(tmp_path / "head.pkl")
+    assert b"SentimentHead" not in path.read_bytes()
+    again = SentimentHead.load(path)
+    probe = ["a great film", "a boring film"]
+    assert again(probe) == head(probe) and again(probe)[0] > 0 > again(probe)[1]
