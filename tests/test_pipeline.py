@@ -53,7 +53,7 @@ def test_run_folder_belongs_to_one_experiment(tmp_path):
 
 def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_tiny):
     out = str(tmp_path / "run")
-    st = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL), log=None)
+    st = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL))
     s = json.loads((Path(out) / "summary.json").read_text())
     assert s["selected_layers"] == [3, 1]
     div = {r["layer"]: r["divergence"] for r in s["layers"]}
@@ -71,11 +71,11 @@ def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_ti
     assert (Path(out) / "report.md").read_text().startswith("# rewardsae run")
     assert (Path(out) / "figures" / "divergence.png").exists() and (Path(out) / "figures" / "divergence.pdf").exists()
 
-    again = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL), log=None)
+    again = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL))
     flat = lambda d: [x for v in d.values() for x in (v.values() if isinstance(v, dict) else [v]) if hasattr(x, "reused")]
     assert all(x.reused for x in flat(again))
 
-    more = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "k_features": 2}), log=None)
+    more = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "k_features": 2}))
     assert more["divergence"].reused and all(x.reused for x in more["saes"].values())
     assert not more["explanations"]["base"].reused and not more["table3"].reused
 
@@ -97,7 +97,7 @@ def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
 
 
 def test_ablations_contrast_the_lowest_layers(tmp_path, tuned_tiny):
-    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "abl"), ablations=True, **SMALL), log=None)
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "abl"), ablations=True, **SMALL))
     a = st["summary"]["ablations"]
     assert a["lowest_layers"] == [0, 2]                      # the two untouched layers, lower first
     assert [r["l1_coef"] for r in a["fig4"]] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
@@ -128,7 +128,7 @@ def test_cli_refuses_an_unreachable_hub_model_before_any_work(tmp_path):
 
 
 def test_base_vs_rlhf_compares_across_seeds_with_a_floor(tmp_path, tuned_tiny):
-    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "seeds"), sae_seeds=[0, 1], **SMALL), log=None)
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "seeds"), sae_seeds=[0, 1], **SMALL))
     rows = st["summary"]["base_vs_rlhf"]
     assert [r["layer"] for r in rows] == [3, 1]
     assert all(r["base_seed"] == 0 and r["rlhf_seed"] == 1 for r in rows)       # never the same initialisation
