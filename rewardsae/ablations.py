@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .files import save_figure
 from .sae import evaluate_sae, train_sae
 
 # %% auto #0
@@ -50,16 +51,6 @@ def _fit(acts, layer, expansion, l1_coef, tied, epochs, train_kw) -> dict:
     return {"layer": layer, "reconstruction": ev["fvu"], "l0": ev["l0"], "sparsity": ev["l0"] / L0_SCALE,
             "dead_frac": ev["dead_frac"], "mse": ev["mse"]}
 
-
-def _save(fig, path):
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for ext in (".png", ".pdf"):
-            tmp = path.with_name(f".{path.name}.tmp{ext}")
-            fig.savefig(tmp, dpi=150, bbox_inches="tight")
-            tmp.replace(path.with_suffix(ext) if path.suffix in (".png", ".pdf") else path.with_name(path.name + ext))
-
 # %% ../nbs/09_ablations.ipynb #2db1ccb2
 def l1_sweep(activations, l1_coefs=(1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2), layers=None, expansion: float = 2,
              epochs: int = 1, path=None, **train_kw):
@@ -78,7 +69,8 @@ def l1_sweep(activations, l1_coefs=(1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2), layers=
     ax.set_title(f"l1_coef sweep, mean over layers {list(acts)}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return df, mean, fig
 
 # %% ../nbs/09_ablations.ipynb #6237274f

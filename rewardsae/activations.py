@@ -10,8 +10,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .files import atomic_folder
 from .models import block_prefix, blocks, mlp
 
 # %% auto #0
@@ -240,9 +239,7 @@ def harvest_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
     order = [int(d) for d in np.argsort(-lengths, kind="stable") if lengths[d] > 0]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         np.savez(tmp / "tokens.npz", doc=np.repeat(np.arange(len(texts), dtype=np.int64), lengths),
                  pos=np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
                  token_id=np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]))
@@ -262,8 +259,4 @@ def harvest_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
                 "tokenizer": getattr(tokenizer, "name_or_path", None), "batch_size": batch_size,
                 "seconds": round(seconds, 3), "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        tmp.chmod(0o755)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ActivationStore(out_dir)

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .files import save_figure
 from .models import block_prefix, blocks, load_causal_lm
 
 # %% auto #0
@@ -98,12 +99,5 @@ def plot_divergence(df: pd.DataFrame, selected: list[int] | None = None, path=No
                   fontsize=8)
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".png", ".pdf") else path
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        for ext in ("png", "pdf"):
-            final = stem.parent / f"{stem.name}.{ext}"
-            tmp = stem.parent / f".{stem.name}.tmp.{ext}"
-            fig.savefig(tmp, dpi=150)
-            os.replace(tmp, final)
+        save_figure(fig, path)
     return fig

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .examples import Example, FeatureExamples, record_token
+from .files import atomic_write_text
 from .models import cache_dir
 
 # %% auto #0
@@ -116,12 +116,7 @@ class AnswerCache:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
     def put(self, key: str, record: dict) -> None:
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, ensure_ascii=False)
-        os.replace(tmp, p)
+        atomic_write_text(self._path(key), json.dumps(record, ensure_ascii=False))
 
 # %% ../nbs/11_explain.ipynb #34002c0a
 @dataclass

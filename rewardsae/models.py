@@ -8,9 +8,7 @@ architectures the paper used (GPT-NeoX/Pythia, GPT-Neo) and two more (GPT-2, Lla
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .data import hub_reachable
+from .files import atomic_folder
 
 # %% auto #0
 __all__ = ['BUILTINS', 'ARCHITECTURES', 'cache_dir', 'smollm2_gguf_path', 'builtin_path', 'ModelLoadError', 'resolve_model',
@@ -32,18 +31,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REWARDSAE_CACHE", Path.home() / ".cache" / "rewardsae")).expanduser()
 
 
-def _build_atomically(dest: Path, build) -> Path:
-    "Run `build(tmp_folder)` and rename the folder to `dest` only when it succeeded."
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        build(tmp)
-        tmp.chmod(0o755)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _build_once(dest: Path, build) -> Path:
+    "`dest`, built by `build(tmp_folder)` the first time (renamed into place only when it succeeded)."
+    if not dest.exists():
+        try:
+            with atomic_folder(dest) as tmp:
+                build(tmp)
+        except FileExistsError:  # another process finished it first: theirs is as good
+            pass
     return dest
 
 # %% ../nbs/02_models.ipynb #42cafb1f
@@ -98,7 +93,7 @@ def builtin_path(name: str) -> Path:
     builders = {"smollm2-135m": _convert_smollm2, "tiny-neox": _build_tiny_neox}
     if name not in builders:
         raise ValueError(f"unknown built-in model {name!r}: built-ins are {BUILTINS}")
-    return _build_atomically(cache_dir() / "models" / name, builders[name])
+    return _build_once(cache_dir() / "models" / name, builders[name])
 
 # %% ../nbs/02_models.ipynb #5ffa728a
 class ModelLoadError(RuntimeError):

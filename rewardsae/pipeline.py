@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .stages import atomic_write_text, canonical
+from .files import atomic_file, atomic_write_text
+from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'ANALYSIS_PRESETS', 'IDENTITY', 'SIZES', 'L1_SWEEP', 'RunParams',
@@ -328,9 +329,9 @@ def _ci(mean, lo, hi) -> dict:
 
 
 def stage_table3(p: RunParams, run: Path, explained: dict[str, Stage]) -> Stage:
-    "Table 3 for base and RLHF, and the LLM-free utility correlation."
+    "Table 3 for base and RLHF, the LLM-free utility correlation, and Appendix E of both models."
     import pandas as pd
-    from rewardsae.scores import table3, to_markdown
+    from rewardsae.scores import table3, to_markdown, write_appendix_e
     def compute(folder):
         df = pd.concat([pd.read_csv(st.folder / "explanations.csv", keep_default_na=False, na_values=[""])
                         for st in explained.values()], ignore_index=True)
@@ -340,10 +341,12 @@ def stage_table3(p: RunParams, run: Path, explained: dict[str, Stage]) -> Stage:
         (folder / "table3.md").write_text(to_markdown(t3.drop(columns=["per_seed"])) + "\n\nLLM-free: correlation of feature "
                                           "activation with the token's word utility\n\n" + to_markdown(corr) + "\n")
         t3.to_csv(folder / "table3.csv", index=False)
+        write_appendix_e(pd.concat([pd.read_csv(st.folder / "appendix_e.csv", keep_default_na=False, na_values=[""])
+                                    for st in explained.values()], ignore_index=True), folder / "appendix_e")
         res = {role: {f"{r.variant}_utility": _ci(r.utility, r.ci_low, r.ci_high) for r in g.itertuples()}
                for role, g in t3.groupby("model")}
-        return {"table3": res, "utility_correlation": corr.set_index("model").to_dict("index")}
-    return cached_stage(run, "table3", {"k_table3": p.k_table3}, compute, deps=tuple(explained.values()))
+        return {"table3": res, "utility_correlation": corr.set_index("model").to_dict("index"), "explainer": p.explainer}
+    return cached_stage(run, "table3", {"k_table3": p.k_table3, "appendix_e": True}, compute, deps=tuple(explained.values()))
 
 
 def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
@@ -392,7 +395,8 @@ def collect_figures(run: Path) -> list[Path]:
     for d in sorted((Path(run) / "stages").iterdir()):
         if d.is_dir() and not d.name.startswith("."):
             for f in sorted(d.glob("*.p[nd][gf]")):
-                shutil.copy2(f, dest / f.name)
+                with atomic_file(dest / f.name) as tmp:
+                    shutil.copy2(f, tmp)
                 if f.suffix == ".png":
                     pngs.append(dest / f.name)
     return pngs
@@ -427,11 +431,18 @@ def write_summary(params: RunParams, run: Path, timings: dict | None = None) -> 
           f"Tuned model: `{summary['policy']['path'] if summary['policy'] else '?'}`. "
           f"Selected layers ({params.layer_mode} divergence): {summary['selected_layers']}.\n"]
     md += [f"![{p.stem}](figures/{p.name})\n" for p in pngs]
-    for title, key in (("Table 4: utility of completions", "table4"), ("Table 3: utility of feature descriptions", "table3")):
+    explainer = f" (`{params.explainer}` explainer)"
+    for title, key in (("Table 4: utility of completions", "table4"), (f"Table 3: utility of feature descriptions{explainer}", "table3")):
         if summary[key]:
             rows = [{"model": m, "metric": k, "mean": v["mean"], "95% CI": f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]"}
                     for m, metrics in summary[key].items() for k, v in metrics.items()]
             md += [f"\n## {title}\n", _table(rows)]
+    if summary["utility_correlation"]:
+        md += ["\n## LLM-free measure: correlation of feature activation with the token's word utility\n",
+               _table([{"model": m, **v} for m, v in summary["utility_correlation"].items()])]
+    if t3 and (t3.folder / "appendix_e.md").exists():
+        md += [f"\n## Appendix E: top {params.k_features} features per layer, seed {params.sae_seeds[0]}{explainer}\n",
+               (t3.folder / "appendix_e.md").read_text()]
     md += ["\n## Sparse autoencoders (mean over seeds)\n",
            _table(_mean_rows(summary["sae"], ["model", "layer", "size"], ["fvu", "l0", "dead_frac"]))]
     md += ["\n## MMCS, large vs small dictionary\n", _table(summary["mmcs"])]

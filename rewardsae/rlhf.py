@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_imdb
+from .files import atomic_file, atomic_folder, atomic_write_text
 from .models import load_causal_lm
 from .rewards import utility_reward
 
@@ -175,18 +174,6 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
     return df[[c for c in LOG_COLUMNS if c in df.columns]].reset_index(drop=True)
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def plot_training(log: pd.DataFrame, path: str | os.PathLike | None = None, title: str = ""):
     "Mean reward (± its spread across completions) and KL to the reference per update; saved to `path` if given."
     import matplotlib
@@ -207,7 +194,8 @@ def plot_training(log: pd.DataFrame, path: str | os.PathLike | None = None, titl
     fig.tight_layout()
     if path is not None:
         path = Path(path)
-        _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix[1:] or "png"))
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=path.suffix[1:] or "png")
     return fig
 
 
@@ -272,7 +260,7 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
     check_rewards(fn([p + c for p, c in zip(sample, completions)]), len(sample), name)
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cfg_file, lambda tmp: Path(tmp).write_text(json.dumps(asdict(cfg), indent=1)))
+    atomic_write_text(cfg_file, json.dumps(asdict(cfg), indent=1))
     ckpt_dir = out / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if last:
@@ -286,7 +274,8 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
     class WriteLog(TrainerCallback):
         def on_log(self, args, state, control, **kw):
             df = log_frame(state.log_history)
-            _write_atomic(out / "log.csv", lambda tmp: df.to_csv(tmp, index=False))
+            with atomic_file(out / "log.csv") as tmp:
+                df.to_csv(tmp, index=False)
 
     def completion_only(prompts, completions, **_):  # logged with weight 0: the completion's own reward
         return check_rewards(fn(list(completions)), len(completions), name)
@@ -296,18 +285,15 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
                           train_dataset=prompts, processing_class=tok, callbacks=[WriteLog()])
     trainer.train(resume_from_checkpoint=last)
     log = log_frame(trainer.state.log_history)
-    _write_atomic(out / "log.csv", lambda tmp: log.to_csv(tmp, index=False))
+    with atomic_file(out / "log.csv") as tmp:
+        log.to_csv(tmp, index=False)
     import matplotlib.pyplot as plt
     plt.close(plot_training(log, out / "reward_kl.png", title=f"{cfg.model}, {name} reward"))
-    (out / "run_info.json").write_text(json.dumps({"resumed_from": last, "updates": int(trainer.state.global_step)}))
+    atomic_write_text(out / "run_info.json", json.dumps({"resumed_from": last, "updates": int(trainer.state.global_step)}))
 
-    tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out))
-    try:
+    with atomic_folder(policy_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(policy_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return policy_dir
 
 # %% ../nbs/04_rlhf.ipynb #9e003524
@@ -399,9 +385,11 @@ def evaluate_completions(base_model_name_or_path, tuned_path, n: int = 100, pref
     summary.attrs["completions"] = comp
     if out_dir is not None:
         out = Path(out_dir)
-        _write_atomic(out / "completions.csv", lambda tmp: comp.to_csv(tmp, index=False))
-        _write_atomic(out / "table4.csv", lambda tmp: summary.to_csv(tmp))
-        _write_atomic(out / "table4.md", lambda tmp: Path(tmp).write_text(table4_markdown(summary)))
+        with atomic_file(out / "completions.csv") as tmp:
+            comp.to_csv(tmp, index=False)
+        with atomic_file(out / "table4.csv") as tmp:
+            summary.to_csv(tmp)
+        atomic_write_text(out / "table4.md", table4_markdown(summary))
     return summary
 
 

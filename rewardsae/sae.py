@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from .files import atomic_folder
 
 # %% auto #0
 __all__ = ['SparseAutoencoder', 'save_sae', 'load_sae', 'NonFiniteError', 'sae_step_grads', 'train_sae', 'evaluate_sae',
@@ -103,20 +103,12 @@ def _cfg(sae: SparseAutoencoder, metadata: dict | None) -> dict:
 def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
     "Write `folder/cfg.json` and `folder/sae_weights.safetensors` atomically (temp folder, then rename)."
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         tensors = {"W_enc": sae.encoder_weight().T.contiguous().cpu(), "W_dec": sae.decoder_weight().contiguous().cpu(),
                    "b_enc": sae.b_enc.detach().cpu().clone(), "b_dec": sae.b_dec.detach().cpu().clone()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, replace=True) as tmp:
         save_file(tensors, str(tmp / "sae_weights.safetensors"))
         (tmp / "cfg.json").write_text(json.dumps(_cfg(sae, metadata), indent=2, default=str))
-        tmp.chmod(0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

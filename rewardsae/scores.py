@@ -12,7 +12,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,6 +21,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .examples import FeatureExamples, token_texts
+from .files import atomic_write_text
 from .rewards import WORD_RE, default_table, words
 
 # %% auto #0
@@ -203,14 +203,6 @@ def appendix_e(features: pd.DataFrame) -> dict[str, str]:
 def write_appendix_e(features: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
     "Write `stem.md`, `stem.tex`, `stem.csv` (each via a temporary file and a rename); returns the paths."
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tables, out = appendix_e(features), []
-    for ext, kind in (("md", "markdown"), ("tex", "latex"), ("csv", "csv")):
-        text = tables[kind]
-        p = stem.with_name(f"{stem.name}.{ext}")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-        os.replace(tmp, p)
-        out.append(p)
-    return out
+    tables = appendix_e(features)
+    return [atomic_write_text(stem.with_name(f"{stem.name}.{ext}"), tables[kind].rstrip("\n") + "\n")
+            for ext, kind in (("md", "markdown"), ("tex", "latex"), ("csv", "csv"))]

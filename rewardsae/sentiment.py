@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .data import hub_reachable, load_imdb
+from .files import atomic_write_bytes, atomic_write_text
 from .models import cache_dir, default_device
 
 # %% auto #0
@@ -44,13 +44,8 @@ class SentimentHead:
     def save(self, path: Path) -> Path:
         "Pickle to `path` and write the meta to `path` with suffix .json, each through a temporary name."
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for target, write in ((path.with_suffix(".json"), lambda f: Path(f).write_text(json.dumps(self.meta, indent=1))),
-                              (path, lambda f: Path(f).write_bytes(pickle.dumps(self.state())))):
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            os.close(fd)
-            write(tmp)
-            os.replace(tmp, target)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(self.meta, indent=1))
+        atomic_write_bytes(path, pickle.dumps(self.state()))
         return path
 
     def state(self) -> dict:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .files import atomic_folder, atomic_write_text
+
 # %% auto #0
-__all__ = ['canonical', 'fingerprint', 'atomic_write_text', 'Stage', 'load_stage', 'cached_stage']
+__all__ = ['canonical', 'fingerprint', 'Stage', 'load_stage', 'cached_stage']
 
 # %% ../nbs/13_stages.ipynb #50ff225b
 def canonical(obj: Any) -> str:
@@ -28,21 +27,6 @@ def canonical(obj: Any) -> str:
 def fingerprint(key: dict) -> str:
     "Short hash of a stage key."
     return hashlib.sha256(canonical(key).encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    "Write `text` to `path` through a temporary file in the same folder and a rename."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 # %% ../nbs/13_stages.ipynb #bf395ffd
 class Stage:
@@ -71,18 +55,11 @@ def cached_stage(run_dir: Path | str, name: str, key: dict, compute: Callable[[P
     if old is not None and canonical(old.key) == canonical(full_key):
         if log: log(f"[{name}] reused")
         return old
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_folder(dest, replace=True) as tmp:
         if log: log(f"[{name}] computing" + (" (parameters changed)" if old else ""))
         t0 = time.perf_counter()
         result = compute(tmp)
         record = {"key": full_key, "result": result, "seconds": round(time.perf_counter() - t0, 3)}
         json.dumps(record)  # a result that is not JSON fails here, before anything is renamed
         atomic_write_text(tmp / "stage.json", canonical(record))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return Stage(dest, record, reused=False)

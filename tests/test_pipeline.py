@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -68,7 +69,14 @@ def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_ti
             for v in s[table][role].values():
                 assert v["ci_low"] <= v["mean"] <= v["ci_high"] or v["ci_low"] != v["ci_low"]  # NaN CI with 1 seed
     assert set(s) >= {"params", "layers", "selected_layers", "sae", "mmcs", "table3", "table4", "timings", "versions"}
-    assert (Path(out) / "report.md").read_text().startswith("# rewardsae run")
+    report = (Path(out) / "report.md").read_text()
+    assert report.startswith("# rewardsae run") and "## Appendix E" in report and "## LLM-free measure" in report
+    # Appendix E of the run: both models, the top k_features of every selected layer, seed 0, sorted by similarity
+    app = pd.read_csv(Path(out) / "stages" / "table3" / "appendix_e.csv")
+    k = SMALL["k_features"]
+    assert sorted(app.groupby(["model", "layer"]).size().items()) == [((m, l), k) for m in ("base", "rlhf") for l in (1, 3)]
+    assert (app.seed == 0).all() and (app.dictionary == "large").all()
+    assert all((g.similarity.diff().dropna() <= 0).all() for _, g in app.groupby(["model", "layer"]))
     assert (Path(out) / "figures" / "divergence.png").exists() and (Path(out) / "figures" / "divergence.pdf").exists()
 
     again = run_all(make_params(tuned=tuned_tiny, out=out, **SMALL))

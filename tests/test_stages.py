@@ -1,7 +1,7 @@
 "Stage cache: reuse on the same key, recompute downstream on a change, nothing half-written kept."
 import pytest
 
-from rewardsae.stages import atomic_write_text, cached_stage, fingerprint, load_stage
+from rewardsae.stages import cached_stage, fingerprint, load_stage
 
 
 def counter():
@@ -54,8 +54,3 @@ def test_result_must_be_json(tmp_path):
     with pytest.raises(TypeError):
         cached_stage(tmp_path, "a", {}, lambda f: {"bad": object()}, log=None)
     assert load_stage(tmp_path / "stages" / "a") is None
-
-
-def test_atomic_write_text(tmp_path):
-    p = atomic_write_text(tmp_path / "sub" / "f.json", "{}")
-    assert p.read_text() == "{}" and [q.name for q in p.parent.iterdir()] == ["f.json"]
