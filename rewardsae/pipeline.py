@@ -46,6 +46,7 @@ class RunParams:
     reward: str = "utility"           # RL reward: utility | sentiment
     preset: str = "smoke"             # paper | cpu | smoke
     tuned: str = ""                   # an already-tuned model (folder or HF id); empty: train it with RL
+    rl_steps: int | None = None       # RL updates; empty: the preset's (cpu: 50, enough for the utility reward)
     n_layers: int = 5                 # how many layers to analyse
     layer_mode: str = "highest"       # highest | lowest divergence (App. H)
     n_docs: int | None = None         # IMDb test reviews for activations and examples
@@ -72,6 +73,8 @@ class RunParams:
         for k, v in ANALYSIS_PRESETS[p.preset].items():
             if getattr(p, k) is None:
                 setattr(p, k, v)
+        if p.rl_steps is not None and int(p.rl_steps) < 1:
+            raise ValueError(f"rl_steps must be at least 1, got {p.rl_steps}")
         for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
@@ -145,7 +148,8 @@ def stage_policy(p: RunParams, run: Path) -> Stage:
     import shutil
     from rewardsae import rlhf
     from rewardsae.stages import fingerprint
-    config = rlhf.preset(p.preset, model=p.model, reward=p.reward, seed=p.seed)
+    config = rlhf.preset(p.preset, model=p.model, reward=p.reward, seed=p.seed,
+                         **({"steps": int(p.rl_steps)} if p.rl_steps else {}))
     key = dataclasses.asdict(config)   # the whole RL config: a changed preset retrains
     work = Path(run) / "work" / f"policy-{fingerprint(key)}"   # checkpoints outside the stage: a killed run resumes
     def compute(folder):

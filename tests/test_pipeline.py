@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rewardsae.models import load_causal_lm
-from rewardsae.pipeline import make_params, open_run, run_all
+from rewardsae.pipeline import make_params, open_run, run_all, stage_policy
 
 CLI = str(Path(sys.executable).parent / "rewardsae")   # the console script
 
@@ -39,6 +39,21 @@ def test_params_refuse_unknown_names_and_values():
     p = make_params(model="EleutherAI/pythia-70m", preset="cpu")
     assert (p.n_docs, p.max_length, p.sae_seeds) == (400, 128, [0, 1, 2])
     assert p.out == str(Path("runs") / "pythia-70m-utility-cpu")
+
+
+def test_rl_steps_overrides_the_preset_and_retrains(tmp_path):
+    with pytest.raises(ValueError, match="rl_steps must be at least 1"):
+        make_params(rl_steps=0)
+    run = tmp_path / "r"
+    one = stage_policy(make_params(model="tiny-neox", preset="smoke", rl_steps=1, out=str(run)), run)
+    assert one.key["params"]["steps"] == 1
+    log = pd.read_csv(one.folder / "log.csv")
+    assert log["step"].tolist() == [1]
+    three = stage_policy(make_params(model="tiny-neox", preset="smoke", rl_steps=3, out=str(run)), run)
+    assert not three.reused and three.key["params"]["steps"] == 3
+    assert pd.read_csv(three.folder / "log.csv")["step"].tolist() == [1, 2, 3]
+    default = make_params(model="tiny-neox", preset="smoke", out=str(run))
+    assert default.rl_steps is None
 
 
 def test_run_folder_belongs_to_one_experiment(tmp_path):
