@@ -96,7 +96,8 @@ def plot_divergence(df: pd.DataFrame, selected: list[int] | None = None, path=No
     if selected:
         from matplotlib.patches import Patch
         ax.legend(handles=[Patch(color="tab:orange", label="selected"), Patch(color="tab:blue", label="other")],
-                  fontsize=8)
+                  fontsize=8, ncol=2, loc="upper right")
+        ax.set_ylim(0, float(df["divergence"].max()) * 1.25)   # headroom: the legend must not hide a bar
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
