@@ -37,7 +37,7 @@ def adam(kind: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="an activation store folder (default: synthetic data)")
-    ap.add_argument("--layer", type=int, default=18)
+    ap.add_argument("--layer", type=int, default=None, help="the store's layer to use (default: its deepest)")
     ap.add_argument("--n-tokens", type=int, default=30000)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=2)
@@ -48,7 +48,9 @@ def main(argv=None):
     set_threads(a.threads)
     if a.store:
         from rewardsae.activations import ActivationStore
-        X = np.asarray(ActivationStore(a.store).activations(a.layer)[:a.n_tokens], dtype=np.float32)
+        store = ActivationStore(a.store)
+        layer = a.layer if a.layer is not None else max(store.layers)
+        X = np.asarray(store.activations(layer)[:a.n_tokens], dtype=np.float32)
     else:
         X = np.random.default_rng(0).standard_normal((a.n_tokens, 576)).astype(np.float32)
     runs = {"foreach": [], "fused": []}

@@ -54,6 +54,7 @@ def main(argv=None) -> None:
             run("bench_sae.py", "--store", str(store), "--epochs", "4", "--repeats", "3", "--json", str(out / "sae.json"), *th)
             run("bench_sae.py", "--store", str(store), "--batch-size", "512", "--epochs", "2", "--repeats", "2",
                 "--json", str(out / "sae_batch512.json"), *th)
+            run("bench_adam.py", "--store", str(store), "--json", str(out / "adam.json"), *th)
             run("bench_sae.py", "--epochs", "4", "--repeats", "2", "--json", str(out / "sae_synthetic.json"), *th)
         run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
     finally:
