@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .pipeline import RunParams, make_params, open_run
+from .pipeline import RunParams, make_explainer, make_params, open_run
 
 # %% auto #0
 __all__ = ['demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment', 'main']
@@ -77,6 +77,8 @@ def plan_runs(models: list[str], out: str = "", **kw) -> list[RunParams]:
             if name and name not in BUILTINS:
                 resolve_model(name)  # an unreachable hub id or a missing folder fails here, in one line
         runs.append(p)
+    if runs and runs[0].explainer != "tokens":
+        make_explainer(runs[0])  # a missing API key, or a local model that is not there or cannot chat, fails now
     outs = [p.out for p in runs]
     if len(set(outs)) != len(outs):
         raise ValueError(f"two runs would share the output folder {outs}")

@@ -221,13 +221,26 @@ class LocalExplainer(ChatExplainer):
                  device: str | None = None, **kw):
         super().__init__(str(model), explain_tokens=explain_tokens, simulate_tokens=simulate_tokens, **kw)
         self.device, self._lm = device, None
+        self._check_chat_model()
+
+    def _check_chat_model(self):
+        "Fail now, not hours later at the first explanation: the model must exist and have a chat template."
+        from transformers import AutoTokenizer
+        from rewardsae.models import ModelLoadError, resolve_model
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve_model(self.model))
+        except ModelLoadError as e:
+            raise ExplainerConfigError(f"local explainer: {e}") from None
+        except (OSError, ValueError) as e:
+            raise ExplainerConfigError(f"local explainer: could not load the tokenizer of {self.model!r}: "
+                                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        if getattr(tok, "chat_template", None) is None:
+            raise ExplainerConfigError(f"local model {self.model!r} has no chat template: use a chat/instruct model")
 
     def _load(self):
         if self._lm is None:
             from rewardsae.models import load_causal_lm
             self._lm = load_causal_lm(self.model, device=self.device)
-            if getattr(self._lm[1], "chat_template", None) is None:
-                raise ExplainerConfigError(f"local model {self.model!r} has no chat template: use a chat/instruct model")
         return self._lm
 
     def _chat(self, messages, max_tokens):

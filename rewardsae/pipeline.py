@@ -59,6 +59,7 @@ class RunParams:
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
     explainer: str = "tokens"         # tokens | local | openai
+    explainer_model: str = ""         # local: a chat model (default smollm2-135m); openai: the model (default gpt-4)
     n_completions: int = 100          # Table 4 completions per model
     ablations: bool = False           # also run the l1 sweep (Fig. 4) and Tables 6-7
     seed: int = 0
@@ -78,6 +79,8 @@ class RunParams:
         for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
+        if p.explainer == "tokens" and p.explainer_model:
+            raise ValueError("explainer_model is for the local and openai explainers; the tokens explainer uses no model")
         if not p.sae_seeds:
             raise ValueError("sae_seeds must name at least one seed")
         p.sae_seeds = [int(s) for s in p.sae_seeds]
@@ -284,7 +287,7 @@ def top_table(mmcs_stage: Stage, role: str, layer: int, seed: int, k: int):
 def make_explainer(p: RunParams):
     "The run's explainer (`tokens`, `local` or `openai`); a missing API key fails here, before any work."
     from rewardsae.explain import get_explainer
-    return get_explainer(p.explainer)
+    return get_explainer(p.explainer, **({"model": p.explainer_model} if p.explainer_model else {}))
 
 
 def stage_explanations(p: RunParams, run: Path, role: str, acts: Stage, saes: dict[tuple, Stage], mmcs_stage: Stage) -> Stage:

@@ -209,3 +209,10 @@ def test_token_explainer_description_and_lexical_simulator():
 def test_echoed_format_example_is_not_a_prediction():
     p, status = parse_simulation("The activation pairs are separated by commas (for example, \"4: 7, 12: 3\").", 20)
     assert status == "malformed" and p.sum() == 0
+
+
+def test_local_explainer_refuses_a_missing_model_or_one_without_a_chat_template():
+    with pytest.raises(ExplainerConfigError, match="'/no/such/model' does not exist"):
+        get_explainer("local", model="/no/such/model")
+    with pytest.raises(ExplainerConfigError, match="'tiny-neox' has no chat template"):
+        get_explainer("local", model="tiny-neox")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rewardsae.models import load_causal_lm
-from rewardsae.pipeline import make_params, open_run, run_all, stage_policy
+from rewardsae.pipeline import make_explainer, make_params, open_run, run_all, stage_policy
 
 CLI = str(Path(sys.executable).parent / "rewardsae")   # the console script
 
@@ -156,3 +156,16 @@ def test_base_vs_rlhf_compares_across_seeds_with_a_floor(tmp_path, tuned_tiny):
     assert [r["layer"] for r in rows] == [3, 1]
     assert all(r["base_seed"] == 0 and r["rlhf_seed"] == 1 for r in rows)       # never the same initialisation
     assert all(-1 <= r["base_vs_base_greedy"] <= 1 for r in rows)
+
+
+def test_explainer_model_reaches_the_explainer_and_a_bad_one_fails_before_any_work(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="the tokens explainer uses no model"):
+        make_params(explainer="tokens", explainer_model="gpt-4o")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("REWARDSAE_EXPLAINER_MODEL", raising=False)
+    assert make_explainer(make_params(explainer="openai", explainer_model="my-model")).model == "my-model"
+    assert make_explainer(make_params(explainer="openai")).model == "gpt-4"
+    r = subprocess.run([CLI, "run", "--model", "tiny-neox", "--preset", "smoke", "--explainer", "local",
+                        "--param", "explainer_model=tiny-neox", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("has no chat template: use a chat/instruct model")
+    assert not (tmp_path / "x").exists()
