@@ -37,8 +37,10 @@ def _build_once(dest: Path, build) -> Path:
         try:
             with atomic_folder(dest) as tmp:
                 build(tmp)
-        except FileExistsError:  # another process finished it first: theirs is as good
-            pass
+        except FileExistsError:
+            if not dest.exists():
+                raise
+            # another process finished it first: theirs is as good
     return dest
 
 # %% ../nbs/02_models.ipynb #42cafb1f

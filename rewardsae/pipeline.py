@@ -352,7 +352,7 @@ def stage_table3(p: RunParams, run: Path, explained: dict[str, Stage]) -> Stage:
                                     for st in explained.values()], ignore_index=True), folder / "appendix_e")
         res = {role: {f"{r.variant}_utility": _ci(r.utility, r.ci_low, r.ci_high) for r in g.itertuples()}
                for role, g in t3.groupby("model")}
-        return {"table3": res, "utility_correlation": corr.set_index("model").to_dict("index"), "explainer": p.explainer}
+        return {"table3": res, "utility_correlation": corr.set_index("model").to_dict("index")}
     return cached_stage(run, "table3", {"k_table3": p.k_table3, "appendix_e": True}, compute, deps=tuple(explained.values()))
 
 
