@@ -80,6 +80,8 @@ class FeatureExamples:
     top: list[Example] = field(default_factory=list)
     heldout_top: list[Example] = field(default_factory=list)
     random: list[Example] = field(default_factory=list)
+    n_firing_docs: int = -1   # reviews in which it fires (within the first `n_tokens` tokens); -1: not counted
+    n_firing_tokens: int = -1 # tokens on which it fires (same window)
 
     @property
     def heldout(self) -> list[Example]:
@@ -138,7 +140,8 @@ def feature_examples_many(acts, doc, pos, token_id, tokenizer, features: Sequenc
             s, e = starts[i], ends[i]
             raw = a[s:e, j].astype(np.float64)
             return Example(int(docs[i]), list(texts[s:e]), raw, scale_activations(raw, max_act))
-        out[f] = FeatureExamples(f, max_act, [ex(i) for i in top], [ex(i) for i in held], [ex(i) for i in rand])
+        out[f] = FeatureExamples(f, max_act, [ex(i) for i in top], [ex(i) for i in held], [ex(i) for i in rand],
+                                 n_firing_docs=int(len(firing)), n_firing_tokens=int((a[:, j] > 0).sum()))
     return out
 
 

@@ -278,8 +278,8 @@ class TokenExplainer:
                 total[_norm(t)] += float(s)
                 count[_norm(t)] += 1
         grand = sum(total.values())
-        if grand <= 0:
-            return Explanation("Does not fire on the sampled reviews.", "ok")
+        if grand <= 0:   # nothing to describe: no placeholder text, which a word count would score
+            return Explanation("", "empty")
         ranked = sorted((t for t in total if total[t] > 0), key=lambda t: (-total[t], t))[:self.n_tokens]
         parts = [f"{json.dumps(t, ensure_ascii=False)} (mean {total[t] / count[t]:.1f}, {100 * total[t] / grand:.0f}%"
                  + (" of activation)" if i == 0 else ")") for i, t in enumerate(ranked)]
@@ -302,17 +302,26 @@ def get_explainer(name: str, **kw):
 
 
 def explain_features(explainer, examples: Mapping[int, FeatureExamples] | Sequence[FeatureExamples],
-                     progress: bool = True) -> pd.DataFrame:
-    "One row per feature: `feature`, `description`, `status` (ok/empty/error), from each feature's top examples."
+                     progress: bool = True, min_firing_docs: int = 1) -> pd.DataFrame:
+    """One row per feature: `feature`, `description`, `status`, `n_firing_docs`, from each feature's top examples.
+    Status `ok` (described), `empty`, `error: ...`, `dead` (fires on none of the reviews) or `too_sparse` (fires
+    on fewer than `min_firing_docs` reviews): only `ok` rows carry a description; the others are listed, not described."""
+    if int(min_firing_docs) < 1:
+        raise ValueError(f"min_firing_docs must be at least 1, got {min_firing_docs!r}")
     items = list(examples.values()) if isinstance(examples, Mapping) else list(examples)
     rows = []
     for fx in tqdm(items, desc=f"explaining ({explainer.backend})", disable=not progress):
-        if not fx.top:
-            rows.append({"feature": fx.feature, "description": "Does not fire on the sampled reviews.", "status": "dead"})
+        n = fx.n_firing_docs if fx.n_firing_docs >= 0 else len(fx.top) + len(fx.heldout_top)
+        row = {"feature": fx.feature, "description": "", "n_firing_docs": n}
+        if not fx.top or n == 0:
+            rows.append({**row, "status": "dead"})
+            continue
+        if n < min_firing_docs:
+            rows.append({**row, "status": "too_sparse"})
             continue
         try:
             e = explainer.explain(fx.top)
-            rows.append({"feature": fx.feature, "description": e.description, "status": e.status})
+            rows.append({**row, "description": e.description, "status": e.status})
         except ExplainerRequestError as err:  # retries exhausted: record it, keep going (not cached)
-            rows.append({"feature": fx.feature, "description": "", "status": f"error: {type(err).__name__}"})
-    return pd.DataFrame(rows, columns=["feature", "description", "status"])
+            rows.append({**row, "status": f"error: {type(err).__name__}"})
+    return pd.DataFrame(rows, columns=["feature", "description", "status", "n_firing_docs"])

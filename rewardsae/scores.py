@@ -25,19 +25,30 @@ from .files import atomic_write_text
 from .rewards import WORD_RE, default_table, words
 
 # %% auto #0
-__all__ = ['VARIANTS', 'APPENDIX_E_COLUMNS', 'simulation_score', 'score_explanations', 'description_utility', 'table3',
-           'token_word_utilities', 'utility_correlation', 'utility_correlation_table', 'to_markdown', 'appendix_e',
-           'write_appendix_e']
+__all__ = ['VARIANTS', 'META_WORDS', 'APPENDIX_E_COLUMNS', 'simulation_score', 'score_explanations', 'description_utility',
+           'table3', 'token_word_utilities', 'utility_correlation', 'utility_correlation_table', 'to_markdown',
+           'appendix_e', 'write_appendix_e']
 
 # %% ../nbs/12_scores.ipynb #eca73c91
+def _pearson(a, b) -> float:
+    "Pearson correlation of two equal-length vectors; NaN when either is constant or shorter than 2."
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"the two vectors differ in length: {a.size} vs {b.size}")
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def simulation_score(true_acts, pred_acts) -> float:
-    "Pearson correlation of true and simulated activations; NaN when either is constant or empty."
+    """Pearson correlation of true and simulated activations. A constant simulation of varying activations
+    scores 0 (the description predicts nothing); NaN only when the true activations are constant or empty."""
     t, p = np.asarray(true_acts, dtype=np.float64).ravel(), np.asarray(pred_acts, dtype=np.float64).ravel()
     if t.shape != p.shape:
         raise ValueError(f"true and predicted activations differ in length: {t.size} vs {p.size}")
-    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
+    if t.size < 2 or np.ptp(t) == 0:
         return float("nan")
-    return float(np.corrcoef(t, p)[0, 1])
+    return 0.0 if np.ptp(p) == 0 else _pearson(t, p)
 
 # %% ../nbs/12_scores.ipynb #0ee981a9
 def score_explanations(explainer, descriptions: pd.DataFrame | Mapping[int, str],
@@ -64,13 +75,21 @@ def score_explanations(explainer, descriptions: pd.DataFrame | Mapping[int, str]
 # %% ../nbs/12_scores.ipynb #71572918
 VARIANTS = ("mean", "sum")
 
+# VADER words that describe *features* rather than the text they fire on ("strongly activates on", "fires on",
+# "clear references to", "words like"): they score a description whatever the feature does.
+META_WORDS = ("like", "likes", "fire", "firing", "fired", "strong", "strongly", "weak", "weakly", "clear", "clearly",
+              "active", "important", "significant", "certain", "sure", "low")
 
-def description_utility(description: str, table: Mapping[str, float] | None = None, variant: str = "mean") -> float:
-    "u(d): |mean U(w)| over the description's words found in the table (0 if none), or |sum U(w)| for `sum`."
+
+def description_utility(description: str, table: Mapping[str, float] | None = None, variant: str = "mean",
+                        stoplist: Sequence[str] = ()) -> float:
+    """u(d): |mean U(w)| over the description's words found in the table (0 if none), or |sum U(w)| for `sum`.
+    Words in `stoplist` (e.g. `META_WORDS`) are not counted."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: use one of {VARIANTS}")
     table = default_table() if table is None else table
-    vals = [table[w] for w in words(description or "", table) if w in table]
+    stop = set(stoplist)
+    vals = [table[w] for w in words(description or "", table) if w in table and w not in stop]
     if not vals:
         return 0.0
     return abs(sum(vals) / len(vals)) if variant == "mean" else abs(sum(vals))
@@ -86,10 +105,13 @@ def _interval(x) -> tuple[float, float, float, float]:
     return m, sd, m - h, m + h
 
 
-def table3(descriptions: pd.DataFrame, k: int = 30, table: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """Table 3 from one row per explained feature with columns `model, seed, layer, description`
-    (and optionally `similarity`: then each (model, seed, layer) keeps its top-`k` rows by similarity,
-    otherwise its first `k` rows). One row per model and variant: mean over seeds, sd, 95% interval, seeds."""
+def table3(descriptions: pd.DataFrame, k: int = 30, table: Mapping[str, float] | None = None,
+           stoplist: Sequence[str] = META_WORDS) -> pd.DataFrame:
+    """Table 3 from one row per explained feature with columns `model, seed, layer, description` (optionally
+    `similarity`: then each (model, seed, layer) keeps its top-`k` rows by similarity, otherwise its first `k`;
+    optionally `status`: only `ok` rows are scored). A feature without a description (dead, too sparse to explain,
+    an explainer error) scores nothing and is counted in `n_undescribed`. One row per model, variant and
+    stoplist (`none`, or `meta` = the words in `stoplist` not counted): mean over seeds, sd, 95% interval."""
     need = {"model", "seed", "layer", "description"}
     if not need <= set(descriptions.columns):
         raise ValueError(f"table3 needs columns {sorted(need)}, got {sorted(descriptions.columns)}")
@@ -97,14 +119,22 @@ def table3(descriptions: pd.DataFrame, k: int = 30, table: Mapping[str, float] |
     if "similarity" in d.columns:
         d = d.sort_values("similarity", ascending=False, kind="stable")
     d = d.groupby(["model", "seed", "layer"], sort=False).head(k)
+    desc = d["description"].fillna("").astype(str)
+    described = desc.str.strip().ne("") & (d["status"].eq("ok") if "status" in d.columns else True)
+    d["text"] = desc.where(described, "")
+    d["described"] = described
     rows = []
-    for variant in VARIANTS:
-        d["u"] = [description_utility(t, table, variant) for t in d["description"]]
-        per_seed = d.groupby(["model", "seed"])["u"].sum()
-        for model, s in per_seed.groupby(level="model", sort=False):
-            m, sd, lo, hi = _interval(s.to_numpy())
-            rows.append({"model": model, "variant": variant, "utility": m, "sd": sd, "ci_low": lo, "ci_high": hi,
-                         "n_seeds": s.size, "per_seed": [round(float(v), 3) for v in s]})
+    for stop_name, stop in (("none", ()), ("meta", tuple(stoplist))):
+        for variant in VARIANTS:
+            d["u"] = [description_utility(t, table, variant, stop) if t else 0.0 for t in d["text"]]
+            per_seed = d.groupby(["model", "seed"])["u"].sum()
+            for model, s in per_seed.groupby(level="model", sort=False):
+                m, sd, lo, hi = _interval(s.to_numpy())
+                sel = d["model"] == model
+                rows.append({"model": model, "variant": variant, "stoplist": stop_name, "utility": m, "sd": sd,
+                             "ci_low": lo, "ci_high": hi, "n_seeds": s.size, "n_features": int(sel.sum()),
+                             "n_undescribed": int((sel & ~d["described"]).sum()),
+                             "per_seed": [round(float(v), 3) for v in s]})
     return pd.DataFrame(rows)
 
 # %% ../nbs/12_scores.ipynb #52250aa3
@@ -157,7 +187,7 @@ def utility_correlation(feature_acts, token_utility) -> np.ndarray:
     u = np.asarray(token_utility, dtype=np.float64)
     if len(F) != len(u):
         raise ValueError(f"{len(F)} activation rows but {len(u)} token utilities")
-    return np.array([simulation_score(u, F[:, j]) for j in range(F.shape[1])])
+    return np.array([_pearson(u, F[:, j]) for j in range(F.shape[1])])
 
 
 def utility_correlation_table(r_by_model: Mapping[str, Sequence[float]]) -> pd.DataFrame:

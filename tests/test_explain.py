@@ -203,7 +203,8 @@ def test_token_explainer_description_and_lexical_simulator():
     assert e.description == 'Fires on "great" (mean 10.0, 67% of activation), "film" (mean 5.0, 33%).'
     sim = TokenExplainer().simulate(e.description, [" GREAT", "the", "film ", "x"])
     assert sim.pred.tolist() == [10, 0, 5, 0]
-    assert TokenExplainer().explain([Example(0, ["a"], np.zeros(1), np.zeros(1, int))]).description.startswith("Does not fire")
+    silent = TokenExplainer().explain([Example(0, ["a"], np.zeros(1), np.zeros(1, int))])
+    assert (silent.description, silent.status) == ("", "empty")   # no placeholder text for Table 3 to count
 
 
 def test_echoed_format_example_is_not_a_prediction():
@@ -216,3 +217,17 @@ def test_local_explainer_refuses_a_missing_model_or_one_without_a_chat_template(
         get_explainer("local", model="/no/such/model")
     with pytest.raises(ExplainerConfigError, match="'tiny-neox' has no chat template"):
         get_explainer("local", model="tiny-neox")
+
+
+def test_explain_features_lists_dead_and_too_sparse_features_without_describing_them():
+    a = np.array([0.0, 4.0])
+    fire = lambda d: Example(d, ["a", " great"], a, scale_activations(a, 4.0))
+    feats = {1: FeatureExamples(1, 0.0),                                                        # never fires
+             2: FeatureExamples(2, 4.0, top=[fire(0), fire(1)], n_firing_docs=2),               # 2 reviews
+             3: FeatureExamples(3, 4.0, top=[fire(d) for d in range(5)], heldout_top=[fire(d) for d in range(5, 10)],
+                                n_firing_docs=12)}
+    df = explain_features(TokenExplainer(), feats, progress=False, min_firing_docs=10).set_index("feature")
+    assert df.status.tolist() == ["dead", "too_sparse", "ok"] and df.n_firing_docs.tolist() == [0, 2, 12]
+    assert df.description.tolist()[:2] == ["", ""] and df.description[3].startswith('Fires on "great"')
+    with pytest.raises(ValueError, match="min_firing_docs"):
+        explain_features(TokenExplainer(), feats, progress=False, min_firing_docs=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rewardsae.models import load_causal_lm
-from rewardsae.rlhf import (PRESETS, RLConfig, bootstrap_ci, check_rewards, evaluate_completions, grpo_reward,
+from rewardsae.rlhf import (PRESETS, RLConfig, bootstrap_ci, paired_bootstrap_ci, check_rewards, evaluate_completions, grpo_reward,
                             make_prompts, preset, table4_markdown, train_policy)
 from rewardsae.rewards import utility_reward
 
@@ -82,6 +82,19 @@ def test_grpo_reward_reads_prompt_plus_completion():
     assert np.allclose(r, [(3.1 - 2.1) / 5, -2.5 / 5])
 
 
+def test_paired_bootstrap_sees_a_shift_that_unpaired_intervals_hide():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 3, 100)                # wide spread between prefixes
+    tuned = base + 0.5 + rng.normal(0, 0.1, 100)  # a small, consistent shift at every prefix
+    _, blo, bhi = bootstrap_ci(base)
+    _, tlo, thi = bootstrap_ci(tuned)
+    assert tlo < bhi                            # the unpaired intervals overlap ...
+    d, lo, hi = paired_bootstrap_ci(base, tuned)
+    assert d == pytest.approx(np.mean(tuned - base)) and 0.45 < lo < 0.5 < hi < 0.55   # ... the paired one does not
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_bootstrap_ci([1, 2], [1, 2, 3])
+
+
 def test_bootstrap_known_answers():
     assert bootstrap_ci([2.0] * 10) == (2.0, 2.0, 2.0)
     v, lo, hi = bootstrap_ci([0, 1] * 50)          # mean 0.5, standard error 0.05
@@ -136,7 +149,8 @@ def test_bad_reward_fails_before_training(tmp_path):
 def test_table4_same_weights_same_numbers(tmp_path):
     t = evaluate_completions("tiny-neox", "tiny-neox", n=12, prefix_tokens=10, with_sentiment=False, out_dir=tmp_path)
     assert list(t.index) == ["aggregate_abs_utility", "mean_utility"]
-    assert (t["base"] == t["rlhf"]).all() and not t["rlhf_higher_ci_separated"].any()
+    assert (t["base"] == t["rlhf"]).all() and not t["rlhf_higher"].any()
+    assert (t["diff"] == 0).all() and (t["diff_lo"] == 0).all() and (t["diff_hi"] == 0).all()   # paired: exactly 0
     comp = t.attrs["completions"]
     assert len(comp) == 24
     assert np.isclose(t.loc["aggregate_abs_utility", "base"], comp.loc[comp.model == "base", "abs_utility"].sum())

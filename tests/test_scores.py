@@ -7,7 +7,7 @@ import pytest
 
 from rewardsae.examples import Example, FeatureExamples, scale_activations
 from rewardsae.explain import TokenExplainer
-from rewardsae.scores import (appendix_e, description_utility, score_explanations, simulation_score, table3,
+from rewardsae.scores import (META_WORDS, appendix_e, description_utility, score_explanations, simulation_score, table3,
                               token_word_utilities, utility_correlation, utility_correlation_table, write_appendix_e)
 
 
@@ -15,7 +15,9 @@ def test_simulation_score_perfect_anti_and_constant():
     true = np.array([0.0, 1.5, 9.0, 0.0, 4.0])
     assert simulation_score(true, 2 * true + 1) == pytest.approx(1.0)
     assert simulation_score(true, 10 - true) == pytest.approx(-1.0)
-    assert math.isnan(simulation_score(true, np.zeros(5)))
+    # a constant simulation of varying activations predicts nothing: 0, not NaN (NaN dropped out of means)
+    assert simulation_score(true, np.zeros(5)) == 0.0
+    assert math.isnan(simulation_score(np.zeros(5), true))   # the feature is silent: unscorable
     # hand-computed: x = [0, 1, 2], y = [0, 2, 1] -> r = 0.5
     assert simulation_score([0, 1, 2], [0, 2, 1]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
@@ -57,7 +59,8 @@ def test_table3_formula_top_k_and_interval():
                  dict(model="rlhf", seed=seed, layer=0, similarity=0.1, description="love love love"),
                  dict(model="rlhf", seed=seed, layer=3, similarity=0.8, description=d2)]
     rows += [dict(model="base", seed=0, layer=0, similarity=0.5, description="a movie")]
-    t = table3(pd.DataFrame(rows), k=1).set_index(["model", "variant"])
+    t = table3(pd.DataFrame(rows), k=1)
+    t = t[t.stoplist == "none"].set_index(["model", "variant"])   # none of these words is a meta word
     # mean variant per seed: |3.1| + |1.9| = 5.0; |-2.1| + |-2.5| = 4.6; |(3.1-2.5)/2| + 0 = 0.3
     per_seed = [5.0, 4.6, 0.3]
     r = t.loc[("rlhf", "mean")]
@@ -70,6 +73,28 @@ def test_table3_formula_top_k_and_interval():
     assert b.utility == 0.0 and b.n_seeds == 1 and math.isnan(b.ci_low)
     with pytest.raises(ValueError, match="needs columns"):
         table3(pd.DataFrame({"model": ["x"]}))
+
+
+def test_table3_scores_no_placeholder_and_counts_undescribed():
+    # the old placeholder for dead features contained "fire" (VADER -1.4) and added 1.4 per dead feature
+    rows = [dict(model="base", seed=0, layer=0, similarity=0.9, description="Does not fire on the sampled reviews.",
+                 status="ok"),
+            dict(model="base", seed=0, layer=0, similarity=0.8, description="", status="dead"),
+            dict(model="base", seed=0, layer=0, similarity=0.7, description="love", status="too_sparse"),
+            dict(model="base", seed=0, layer=0, similarity=0.6, description="great", status="ok")]
+    t = table3(pd.DataFrame(rows), k=3).set_index(["model", "variant", "stoplist"])
+    # k = 3 keeps the first three; only the first is described and scored: |fire| = 1.4 with the paper's rule,
+    # 0 once "fire" is a stopped meta word; the dead and too-sparse rows score 0 whatever their text
+    assert t.loc[("base", "sum", "none")].utility == pytest.approx(1.4)
+    assert t.loc[("base", "sum", "meta")].utility == 0.0
+    assert t.loc[("base", "mean", "none")].n_undescribed == 2 and t.loc[("base", "mean", "none")].n_features == 3
+
+
+def test_description_utility_stoplist():
+    assert description_utility("strongly activates on words like great", variant="sum") == pytest.approx(1.1 + 1.5 + 3.1)
+    assert description_utility("strongly activates on words like great", variant="sum",
+                               stoplist=META_WORDS) == pytest.approx(3.1)
+    assert "fire" in META_WORDS and "great" not in META_WORDS and "positive" not in META_WORDS
 
 
 def test_token_word_utilities_subwords():
