@@ -232,8 +232,11 @@ def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float):
 def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-3, epochs: int = 3,
               batch_size: int = 4096, tied: bool = True, seed: int = 0, name: str | None = None,
               layer: int | None = None, device: str | None = None, chunk_bytes: int = 256 * 2**20,
-              check_every: int = 64, progress: bool = True) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    "Train a `SparseAutoencoder` on (n_tokens × d_in) activations; returns `(sae, per-epoch metrics)`."
+              check_every: int = 64, progress: bool = True, log_every: int | None = None
+              ) -> tuple[SparseAutoencoder, pd.DataFrame]:
+    """Train a `SparseAutoencoder` on (n_tokens × d_in) activations; returns `(sae, metrics)`: one row per epoch
+    (running means over the epoch), or with `log_every`, one row per `log_every` steps (means over those steps,
+    columns `step`, `epoch`, ...): the training curve. Final-model metrics on held-out data: `rewardsae.sae_eval`."""
     name = name or (f"layer {layer}" if layer is not None else "activations")
     a, n, d_in = _as_2d(activations, name)
     if not isinstance(d_hidden, (int, np.integer)) or isinstance(d_hidden, bool) or d_hidden <= 0:
@@ -244,6 +247,8 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
         raise ValueError(f"{name}: lr must be a finite number > 0, got {lr!r}")
     if int(epochs) < 1 or int(batch_size) < 1:
         raise ValueError(f"{name}: epochs and batch_size must be >= 1, got epochs={epochs!r}, batch_size={batch_size!r}")
+    if log_every is not None and int(log_every) < 1:
+        raise ValueError(f"{name}: log_every must be >= 1 or None, got {log_every!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_disk = isinstance(a, np.memmap) or not isinstance(a, (np.ndarray, torch.Tensor))
     chunk_rows = max(batch_size, chunk_bytes // (4 * d_in)) if on_disk else n
@@ -262,12 +267,19 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
     rows, step = [], 0
     bar = tqdm(total=steps_per_epoch * int(epochs), desc=f"SAE {name} ({d_hidden} features)", disable=not progress,
                mininterval=1.0)
+    def zeros():
+        return (torch.zeros((), device=device, dtype=torch.float64), torch.zeros(d_in, device=device, dtype=torch.float64),
+                torch.zeros((), device=device, dtype=torch.float64), torch.zeros(sae.d_hidden, device=device, dtype=torch.long), 0)
+
+    def row(acc, **extra):
+        sse, sx, sxx, counts, m = acc
+        var = sxx - sx.pow(2).sum() / m
+        return {**extra, "mse": (sse / (m * d_in)).item(), "fvu": (sse / var.clamp_min(1e-30)).item(),
+                "l0": (counts.sum() / m).item(), "dead_frac": (counts == 0).float().mean().item()}
+
     try:
         for epoch in range(1, int(epochs) + 1):
-            sse = torch.zeros((), device=device, dtype=torch.float64)
-            sx = torch.zeros(d_in, device=device, dtype=torch.float64)
-            sxx = torch.zeros((), device=device, dtype=torch.float64)
-            counts = torch.zeros(sae.d_hidden, device=device, dtype=torch.long)
+            acc = zeros()
             pending: list[tuple[int, torch.Tensor]] = []
             for s, x_chunk in _chunks(a, chunk_rows, gen, device):
                 m = x_chunk.shape[0]
@@ -281,19 +293,22 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
                     loss, b_sse, b_counts = sae_step_grads(sae, x, l1_coef)
                     opt.step()
                     step += 1
-                    sse += b_sse
-                    counts += b_counts
-                    sx += x.sum(0)
-                    sxx += x.pow(2).sum()
+                    sse, sx, sxx, counts, k = acc
+                    acc = (sse + b_sse, sx + x.sum(0), sxx + x.pow(2).sum(), counts + b_counts, k + x.shape[0])
                     pending.append((step, loss))
                     if len(pending) >= check_every:
                         _check_losses(pending, name)
+                    if log_every and step % int(log_every) == 0:
+                        _check_losses(pending, name)
+                        rows.append(row(acc, step=step, epoch=epoch))
+                        acc = zeros()
                     bar.update(1)
             _check_losses(pending, name)
-            var = sxx - sx.pow(2).sum() / n
-            r = {"epoch": epoch, "mse": (sse / (n * d_in)).item(), "fvu": (sse / var.clamp_min(1e-30)).item(),
-                 "l0": (counts.sum() / n).item(), "dead_frac": (counts == 0).float().mean().item()}
-            rows.append(r)
+            if not log_every:
+                rows.append(row(acc, epoch=epoch))
+            elif acc[4]:
+                rows.append(row(acc, step=step, epoch=epoch))
+            r = rows[-1]
             bar.set_postfix(fvu=f"{r['fvu']:.3f}", l0=f"{r['l0']:.1f}", dead=f"{r['dead_frac']:.2f}")
     finally:
         bar.close()

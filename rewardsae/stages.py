@@ -48,8 +48,11 @@ def load_stage(folder: Path | str) -> Stage | None:
 
 def cached_stage(run_dir: Path | str, name: str, key: dict, compute: Callable[[Path], Any],
                  deps: tuple[Stage, ...] = (), log: Callable[[str], None] | None = print) -> Stage:
-    "Reuse stage `name` of `run_dir` if it was made with `key` and `deps`; otherwise run `compute(folder)` and store it."
-    full_key = {"params": key, "deps": {d.folder.name: d.fingerprint for d in deps}}
+    """Reuse stage `name` of `run_dir` if it was made with `key` and the same `deps` (by content, in order);
+    otherwise run `compute(folder)` and store it."""
+    # inputs by content and in order: each dependency's fingerprint (its key, which holds its own inputs' keys),
+    # so reordering inputs (e.g. SAE seeds whose first pair feeds MMCS) or changing one upstream recomputes
+    full_key = {"params": key, "deps": [d.fingerprint for d in deps]}
     dest = Path(run_dir) / "stages" / name
     old = load_stage(dest)
     if old is not None and canonical(old.key) == canonical(full_key):

@@ -170,3 +170,15 @@ def test_ablation_sweep_trends_and_layer_inputs(tmp_path):
     assert list(t7.choice) == ["highest divergence", "lowest layers"] and list(per.layer) == [5, 3]
     with pytest.raises(ValueError, match=r"layers \[7\]"):
         layer_arrays(acts, [7])
+
+
+def test_training_curve_rows_every_log_every_steps():
+    X, _ = toy_data(n_samples=1000, d=16, n_features=32, seed=1)
+    # 1000 rows / batch 100 = 10 steps an epoch; a window closes every 4 steps and at each epoch's end
+    _, curve = train_sae(X, 32, l1_coef=1e-3, lr=1e-2, epochs=2, batch_size=100, log_every=4, progress=False)
+    assert curve.step.tolist() == [4, 8, 10, 12, 16, 20] and curve.epoch.tolist() == [1, 1, 1, 2, 2, 2]
+    assert curve.fvu.iloc[-1] < curve.fvu.iloc[0]           # it learns: the last window reconstructs better
+    _, per_epoch = train_sae(X, 32, l1_coef=1e-3, lr=1e-2, epochs=2, batch_size=100, progress=False)
+    assert per_epoch.epoch.tolist() == [1, 2] and "step" not in per_epoch
+    with pytest.raises(ValueError, match="log_every"):
+        train_sae(X, 32, log_every=0, progress=False)
