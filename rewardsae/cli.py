@@ -63,7 +63,7 @@ def parse_assignments(pairs: list[str]) -> dict:
 
 def plan_runs(models: list[str], out: str = "", **kw) -> list[RunParams]:
     "Validated parameters of one run per model; fails before any work on a bad name, model or folder."
-    from rewardsae.models import BUILTINS, resolve_model
+    from rewardsae.models import BUILTINS, check_model_pair, n_blocks, resolve_model
     from rewardsae.pipeline import slug
     if kw.get("tuned") and len(models) > 1:
         raise ValueError("--tuned names one tuned model: give one --model with it")
@@ -76,6 +76,11 @@ def plan_runs(models: list[str], out: str = "", **kw) -> list[RunParams]:
         for name in (p.model, p.tuned):
             if name and name not in BUILTINS:
                 resolve_model(name)  # an unreachable hub id or a missing folder fails here, in one line
+        if p.tuned:
+            check_model_pair(p.model, p.tuned)   # another architecture or tokenizer: refused now, naming the difference
+        depth = n_blocks(p.model)
+        if p.n_layers > depth:
+            raise ValueError(f"n_layers={p.n_layers} but {p.model} has {depth} layers")
         runs.append(p)
     if runs and runs[0].explainer != "tokens":
         make_explainer(runs[0])  # a missing API key, or a local model that is not there or cannot chat, fails now

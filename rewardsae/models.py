@@ -20,7 +20,7 @@ from .files import atomic_folder
 
 # %% auto #0
 __all__ = ['BUILTINS', 'ARCHITECTURES', 'cache_dir', 'smollm2_gguf_path', 'builtin_path', 'ModelLoadError', 'resolve_model',
-           'load_causal_lm', 'default_device', 'arch', 'blocks', 'block_prefix', 'mlp']
+           'load_causal_lm', 'default_device', 'arch', 'blocks', 'block_prefix', 'mlp', 'n_blocks', 'check_model_pair']
 
 # %% ../nbs/02_models.ipynb #f339cfbe
 BUILTINS = ("smollm2-135m", "tiny-neox")
@@ -171,3 +171,36 @@ def mlp(model: nn.Module, layer: int) -> nn.Module:
     "The MLP module of block `layer`; its output is what the paper's autoencoders read."
     block_prefix(model, layer)
     return blocks(model)[layer].mlp
+
+# %% ../nbs/02_models.ipynb #b707401c
+def _config_and_vocab(name_or_path):
+    from transformers import AutoConfig
+    src = resolve_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(src), AutoTokenizer.from_pretrained(src).get_vocab()
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not read model {str(name_or_path)!r}: {first}") from None
+
+
+def n_blocks(name_or_path) -> int:
+    "The number of transformer blocks of a model, from its config alone."
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    raise ModelLoadError(f"model {str(name_or_path)!r}: its config gives no number of layers")
+
+
+def check_model_pair(base, tuned) -> None:
+    "Raise `ValueError` naming the first difference between two models' architecture, size or tokenizer."
+    (cb, vb), (ct, vt) = _config_and_vocab(base), _config_and_vocab(tuned)
+    for key in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size"):
+        a, b = getattr(cb, key, None), getattr(ct, key, None)
+        if a != b:
+            raise ValueError(f"--tuned {str(tuned)!r} does not match the base model {str(base)!r}: {key} is {b!r}, not {a!r}")
+    if vb != vt:
+        diff = sorted(set(vb.items()) ^ set(vt.items()))[0]
+        raise ValueError(f"--tuned {str(tuned)!r} does not match the base model {str(base)!r}: the tokenizers differ "
+                         f"(first difference: token {diff[0]!r})")
