@@ -20,17 +20,20 @@ from .files import atomic_file, atomic_write_text
 from .stages import canonical
 
 # %% auto #0
-__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'ANALYSIS_PRESETS', 'IDENTITY', 'SIZES', 'L1_SWEEP', 'RunParams',
-           'slug', 'make_params', 'open_run', 'load_model', 'model_paths', 'stage_policy', 'stage_divergence',
-           'review_texts', 'stage_activations', 'activation_store', 'stage_sae', 'stage_saes', 'load_dictionary',
-           'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4',
-           'versions', 'collect_figures', 'write_summary', 'stage_ablations', 'run_all']
+__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'ANALYSIS_PRESETS', 'IDENTITY', 'OUTPUT_DOCS',
+           'SIZES', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run', 'load_model',
+           'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts', 'extra_reviews',
+           'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq', 'stage_saes',
+           'stage_sae_figures', 'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations',
+           'stage_table3', 'stage_table4', 'versions', 'plan_stages', 'collect_figures', 'write_summary',
+           'stage_ablations', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
 REWARDS = ("utility", "sentiment")
 EXPLAINERS = ("tokens", "local", "openai")
 LAYER_MODES = ("highest", "lowest")
+LAYER_MEASURES = ("weights", "outputs")
 
 ANALYSIS_PRESETS = {
     "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3),
@@ -49,6 +52,7 @@ class RunParams:
     rl_steps: int | None = None       # RL updates; empty: the preset's (cpu: 50, enough for the utility reward)
     n_layers: int = 5                 # how many layers to analyse
     layer_mode: str = "highest"       # highest | lowest divergence (App. H)
+    layer_measure: str = "weights"    # weights: the paper's parameter divergence | outputs: change of each block's output
     n_docs: int | None = None         # IMDb test reviews for activations and examples
     max_length: int | None = None     # tokens per review
     sae_seeds: list | None = None     # one SAE pair per seed (Table 3 averages over them)
@@ -58,6 +62,8 @@ class RunParams:
     l1_coef: float | None = None
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
+    min_firing_docs: int = 10         # a feature firing in fewer reviews is listed, not explained or scored
+    heldout_frac: float = 0.1         # share of the reviews held out: every SAE metric is measured on them
     explainer: str = "tokens"         # tokens | local | openai
     explainer_model: str = ""         # local: a chat model (default smollm2-135m); openai: the model (default gpt-4)
     n_completions: int = 100          # Table 4 completions per model
@@ -68,7 +74,17 @@ class RunParams:
     def resolved(self) -> "RunParams":
         "A copy with preset defaults filled in and every value checked."
         p = dataclasses.replace(self)
-        for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES)):
+        for name, kind in _TYPES.items():   # `--param n_layers=abc` is named, not "invalid literal for int()"
+            v = getattr(p, name)
+            if v is None:
+                continue
+            ok = (isinstance(v, bool) if kind is bool else
+                  isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer()))
+            if not ok:
+                raise ValueError(f"{name} must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}, got {v!r}")
+            setattr(p, name, kind(v))
+        for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
+                              ("layer_measure", LAYER_MEASURES)):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
         for k, v in ANALYSIS_PRESETS[p.preset].items():
@@ -76,7 +92,10 @@ class RunParams:
                 setattr(p, k, v)
         if p.rl_steps is not None and int(p.rl_steps) < 1:
             raise ValueError(f"rl_steps must be at least 1, got {p.rl_steps}")
-        for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions"):
+        if not 0 < float(p.heldout_frac) < 1:
+            raise ValueError(f"heldout_frac must be between 0 and 1 (exclusive), got {p.heldout_frac}")
+        for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions",
+                     "min_firing_docs"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
         if p.explainer == "tokens" and p.explainer_model:
@@ -90,6 +109,11 @@ class RunParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "sae_batch_size": int,
+          "sae_lr": float, "l1_coef": float, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
+          "n_completions": int, "ablations": bool, "seed": int}
 
 
 def slug(name: str) -> str:
@@ -164,18 +188,53 @@ def stage_policy(p: RunParams, run: Path) -> Stage:
     return cached_stage(run, "policy", key, compute)
 
 
+OUTPUT_DOCS = 32   # held-out reviews (after the run's sample) for the output-change measure
+
+
+def rl_updates(policy: Stage) -> tuple[float, int] | None:
+    "`(lr, optimiser updates)` of the RL run that made the policy, or None for a given tuned model."
+    if not policy.result.get("trained"):
+        return None
+    c = policy.key["params"]
+    return float(c["lr"]), int(c["steps"]) * (int(c["prompts_per_step"]) * int(c["generations"]) // int(c["mini_batch"])) * int(c["epochs"])
+
+
 def stage_divergence(p: RunParams, run: Path, policy: Stage) -> Stage:
-    "Per-layer parameter divergence (Fig. 3) and the selected layers."
-    from rewardsae.divergence import layer_divergence, plot_divergence, select_layers
+    """Per-layer divergence: the paper's parameter measure (Fig. 3) with its Adam random-walk floor, and the change of
+    each block's output on held-out reviews; `layer_measure` picks which selects the layers."""
+    from rewardsae.divergence import (layer_divergence, noise_test, output_divergence, plot_divergence, random_walk_floor,
+                                      select_layers)
     def compute(folder):
         paths = model_paths(p, policy)
-        df = layer_divergence(load_model(paths["base"])[0], load_model(paths["rlhf"])[0])
-        layers = select_layers(df, n=min(p.n_layers, len(df)), mode=p.layer_mode)
+        (base, tok), tuned = load_model(paths["base"]), load_model(paths["rlhf"])[0]
+        df = layer_divergence(base, tuned)
+        out = output_divergence(base, tuned, tok, extra_reviews(p, OUTPUT_DOCS), max_length=64)
+        df = df.merge(out[["layer", "output_change"]], on="layer")
+        rl = rl_updates(policy)
+        floor = random_walk_floor(base, *rl, beta1=0.9) if rl else None   # Adam's momentum lengthens a noise walk
+        if floor is not None:
+            df = df.merge(floor[["layer", "floor"]], on="layer")
+        column = "divergence" if p.layer_measure == "weights" else "output_change"
+        layers = select_layers(df, n=min(p.n_layers, len(df)), mode=p.layer_mode, column=column)
         df.to_csv(folder / "divergence.csv", index=False)
-        plot_divergence(df, selected=layers, path=folder / "divergence",
-                        title=f"Parameter divergence, {slug(p.model)} ({p.reward} reward)")
-        return {"layers": df[["layer", "divergence"]].to_dict("records"), "selected_layers": layers}
-    return cached_stage(run, "divergence", {"n_layers": p.n_layers, "layer_mode": p.layer_mode}, compute, deps=(policy,))
+        plot_divergence(df, selected=layers if column == "divergence" else None, path=folder / "divergence",
+                        title=f"Parameter divergence, {slug(p.model)} ({p.reward} reward)", floor=floor)
+        plot_divergence(df.assign(divergence=df["output_change"]), selected=layers if column == "output_change" else None,
+                        path=folder / "output_change", ylabel="relative change of the block's output",
+                        title=f"Block output change on {OUTPUT_DOCS} held-out reviews, {slug(p.model)}")
+        noise = None
+        if floor is not None:
+            top = select_layers(df, n=min(p.n_layers, len(df)), mode="highest")
+            noise = noise_test(df, floor, top)
+            noise["verdict"] = (f"the top {len(top)} layers by parameter divergence {top} "
+                                + ("stand out from" if noise["distinguishable"] else "cannot be told from")
+                                + f" the Adam random-walk floor (divergence/floor {min(noise['ratio'].values()):.3f}–"
+                                f"{max(noise['ratio'].values()):.3f} over all layers; rule: {noise['rule']})")
+        return {"layers": df[["layer", "divergence", "output_change"] + (["floor"] if floor is not None else [])].to_dict("records"),
+                "selected_layers": layers, "noise": noise}
+    key = {"n_layers": p.n_layers, "layer_mode": p.layer_mode, "layer_measure": p.layer_measure, "output_docs": OUTPUT_DOCS,
+           "floor": "adam-random-walk"}
+    return cached_stage(run, "divergence", key, compute, deps=(policy,))
 
 
 def review_texts(p: RunParams) -> list[str]:
@@ -183,6 +242,14 @@ def review_texts(p: RunParams) -> list[str]:
     from rewardsae.data import load_imdb
     test = load_imdb("test", verbose=False)
     return test.shuffle(seed=p.seed).select(range(min(p.n_docs, len(test))))["text"]
+
+
+def extra_reviews(p: RunParams, n: int) -> list[str]:
+    "`n` IMDb test reviews that follow the run's sample in the same seeded order: never used for activations or SAEs."
+    from rewardsae.data import load_imdb
+    test = load_imdb("test", verbose=False).shuffle(seed=p.seed)
+    lo = min(p.n_docs, len(test))
+    return test.select(range(lo, min(lo + n, len(test))))["text"]
 
 
 def stage_activations(p: RunParams, run: Path, role: str, policy: Stage, divergence: Stage,
@@ -206,26 +273,62 @@ def activation_store(stage: Stage):
 SIZES = {"large": 2, "small": 1}
 
 
+def heldout_split(store, frac: float) -> int:
+    """First row of the held-out reviews: the last ceil(`frac` · n_docs) reviews of the store (rows are stored in
+    review order). Dictionaries train on the rows before it; every SAE metric is measured on the rows after it."""
+    import math
+    import numpy as np
+    docs = np.unique(store.doc)
+    if len(docs) < 2:
+        raise ValueError(f"the activation store holds {len(docs)} review(s): at least 2 are needed to hold one out")
+    n_held = min(len(docs) - 1, max(1, math.ceil(frac * len(docs))))
+    return int(np.searchsorted(store.doc, docs[len(docs) - n_held]))
+
+
 def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size: str, seed: int,
               model_name: str = "", l1_coef: float | None = None, tied: bool = True, tag: str = "") -> Stage:
-    "One sparse autoencoder on one layer's activations; folder `sae/` in SAELens's layout."
+    """One sparse autoencoder on one layer's activations, trained on the training reviews and measured, as a final
+    model, on the held-out ones (`rewardsae.sae_eval`); folder `sae/` in SAELens's layout, `curve.csv` (the training
+    curve), `freq.npy` (each feature's firing frequency on the held-out reviews)."""
+    import math
+    import numpy as np
     from rewardsae.sae import save_sae, train_sae
+    from rewardsae.sae_eval import heldout_metrics, pca_baseline_fvu
     l1 = p.l1_coef if l1_coef is None else l1_coef
     def compute(folder):
-        x = activation_store(acts).activations(layer)
+        store = activation_store(acts)
+        x = store.activations(layer)
+        split = heldout_split(store, p.heldout_frac)
+        train, test = x[:split], x[split:]
         d = x.shape[1]
-        sae, metrics = train_sae(x, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, epochs=p.sae_epochs, batch_size=p.sae_batch_size,
-                                 tied=tied, seed=seed, name=f"{role} layer {layer} {size}", layer=layer)
+        steps = math.ceil(split / p.sae_batch_size) * p.sae_epochs
+        sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, epochs=p.sae_epochs, batch_size=p.sae_batch_size,
+                               tied=tied, seed=seed, name=f"{role} layer {layer} {size}", layer=layer, log_every=max(1, steps // 25))
         save_sae(sae, folder / "sae", metadata={"model_name": model_name or role, "hook_name": f"blocks.{layer}.mlp_out",
                                                 "hook_layer": layer, "size": size})
-        metrics.to_csv(folder / "metrics.csv", index=False)
-        last = metrics.iloc[-1]
+        curve.to_csv(folder / "curve.csv", index=False)
+        metrics, freq = heldout_metrics(sae, test)
+        np.save(folder / "freq.npy", freq)
+        metrics["pca_fvu"] = pca_baseline_fvu(train, test, max(1, int(round(metrics["l0"]))))
         return {"model": role, "layer": layer, "size": size, "seed": seed, "tied": tied, "l1_coef": l1,
-                "d_sae": SIZES[size] * d, **{k: float(last[k]) for k in ("mse", "fvu", "l0", "dead_frac")}}
+                "d_sae": SIZES[size] * d, **{k: _plain(v) for k, v in metrics.items()},
+                "train_fvu": float(curve.fvu.iloc[-1]), "train_l0": float(curve.l0.iloc[-1]),
+                "n_train_tokens": int(split), "n_heldout_tokens": int(len(x) - split)}
     name = f"sae-{role}-L{layer}-{size}-s{seed}" + (f"-{tag}" if tag else "")
     key = {"layer": layer, "size": size, "seed": seed, "l1_coef": l1, "tied": tied, "epochs": p.sae_epochs,
-           "batch_size": p.sae_batch_size, "lr": p.sae_lr}
+           "batch_size": p.sae_batch_size, "lr": p.sae_lr, "heldout_frac": p.heldout_frac, "metrics": "heldout"}
     return cached_stage(run, name, key, compute, deps=(acts,))
+
+
+def _plain(v):
+    "A JSON-friendly Python number for numpy scalars."
+    return v.item() if hasattr(v, "item") else v
+
+
+def feature_freq(stage: Stage):
+    "Each feature's firing frequency on the held-out reviews, from an SAE stage."
+    import numpy as np
+    return np.load(stage.folder / "freq.npy")
 
 
 def stage_saes(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], layers: list[int]) -> dict[tuple, Stage]:
@@ -235,6 +338,23 @@ def stage_saes(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], l
             for seed in p.sae_seeds for role in ("base", "rlhf") for layer in layers for size in SIZES}
 
 
+def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stage:
+    "Firing-frequency histograms (held-out) and training curves of the first seed's dictionaries."
+    import pandas as pd
+    import matplotlib.pyplot as plt
+    from rewardsae.sae_eval import plot_firing_histograms, training_curve_plot
+    first = {k: s for k, s in saes.items() if k[3] == p.sae_seeds[0]}
+    def compute(folder):
+        for size in SIZES:
+            sel = {f"{r} L{l}": s for (r, l, z, _), s in first.items() if z == size}
+            plt.close(plot_firing_histograms({k: feature_freq(s) for k, s in sel.items()}, path=folder / f"firing_{size}",
+                                             title=f"Firing frequency on held-out reviews, {size} dictionaries (seed {p.sae_seeds[0]})"))
+            plt.close(training_curve_plot({k: pd.read_csv(s.folder / "curve.csv") for k, s in sel.items()},
+                                          path=folder / f"training_curve_{size}"))
+        return {"n": len(first)}
+    return cached_stage(run, "sae_figures", {"seed": p.sae_seeds[0]}, compute, deps=tuple(first.values()))
+
+
 def load_dictionary(stage: Stage):
     "The (d_sae × d_in) unit-norm dictionary of an SAE stage."
     from rewardsae.sae import load_sae
@@ -242,7 +362,9 @@ def load_dictionary(stage: Stage):
 
 # %% ../nbs/14_pipeline.ipynb #de512f5c
 def stage_mmcs(p: RunParams, run: Path, saes: dict[tuple, Stage], layers: list[int]) -> Stage:
-    "MMCS per (model, layer, seed), top features per dictionary pair, and base-vs-RLHF similarity per layer."
+    """MMCS per (model, layer, seed), top features per dictionary pair, and base-vs-RLHF similarity per layer
+    with the base model's own seed-to-seed similarity (and count of unmatched features) as its floor."""
+    import numpy as np
     from rewardsae.mmcs import mmcs, top_features
     k = max(p.k_features, p.k_table3)
     def compute(folder):
@@ -261,16 +383,22 @@ def stage_mmcs(p: RunParams, run: Path, saes: dict[tuple, Stage], layers: list[i
             D_b, D_r = load_dictionary(saes[("base", layer, "large", a)]), load_dictionary(saes[("rlhf", layer, "large", b)])
             g, sim, idx = mmcs(D_r, D_b, "greedy")
             h = float(mmcs(D_r, D_b, "hungarian")[0])
+            freq = feature_freq(saes[("rlhf", layer, "large", b)])
             novel = sim.argsort()[:p.k_features]   # RLHF features least like any base feature
-            pd_novel = [{"layer": layer, "rlhf_feature": int(i), "best_base_feature": int(idx[i]), "similarity": float(sim[i])} for i in novel]
+            pd_novel = [{"layer": layer, "rlhf_feature": int(i), "best_base_feature": int(idx[i]), "similarity": float(sim[i]),
+                         "firing_rate": float(freq[i])} for i in novel]
             _to_csv(pd_novel, folder / f"novel-rlhf-L{layer}.csv")
             row = {"layer": layer, "base_seed": a, "rlhf_seed": b, "greedy": float(g), "hungarian": h,
-                   "rlhf_features_below_0.5": int((sim < 0.5).sum())}
+                   "rlhf_features_below_0.5": int((sim < 0.5).sum()),
+                   "novel_median_firing_rate": float(np.median(freq[novel])), "all_median_firing_rate": float(np.median(freq))}
             if a != b:
-                row["base_vs_base_greedy"] = float(mmcs(load_dictionary(saes[("base", layer, "large", b)]), D_b, "greedy")[0])
+                gb, sim_b, _ = mmcs(load_dictionary(saes[("base", layer, "large", b)]), D_b, "greedy")
+                row["base_vs_base_greedy"] = float(gb)
+                row["base_features_below_0.5"] = int((sim_b < 0.5).sum())   # the same count between two base seeds: its floor
             compare.append(row)
         return {"mmcs": rows, "base_vs_rlhf": compare}
-    return cached_stage(run, "mmcs", {"k": k, "compare": "across seeds"}, compute, deps=tuple(saes.values()))
+    key = {"k": k, "k_features": p.k_features, "seeds": list(p.sae_seeds), "compare": "across seeds"}
+    return cached_stage(run, "mmcs", key, compute, deps=tuple(saes.values()))
 
 
 def _to_csv(rows: list[dict], path: Path) -> None:
@@ -310,13 +438,16 @@ def stage_explanations(p: RunParams, run: Path, role: str, acts: Stage, saes: di
                 F = encode_features(sae.encode, store.activations(layer), features=top["large_idx"].tolist(), progress=False)
                 ex = feature_examples_many(F, store.doc, store.pos, store.token_id, tok, features=top["large_idx"].tolist(),
                                            seed=seed, progress=False)
-                desc = explain_features(explainer, ex, progress=False)
+                desc = explain_features(explainer, ex, progress=False, min_firing_docs=p.min_firing_docs)
+                freq = feature_freq(saes[(role, layer, "large", seed)])
                 df = top.assign(model=role, seed=seed, layer=layer, rank=range(1, len(top) + 1),
                                 description=desc["description"].values, status=desc["status"].values,
+                                n_firing_docs=desc["n_firing_docs"].values, firing_rate=freq[top["large_idx"].to_numpy()],
                                 utility_r=utility_correlation(F, token_u))
                 df["score"] = float("nan")
                 if seed == p.sae_seeds[0]:
                     head = df.head(p.k_features)
+                    head = head[head.status == "ok"]   # only described features are scored
                     sc = score_explanations(explainer, dict(zip(head["large_idx"], head["description"])), ex, progress=False)
                     df.loc[head.index, "score"] = sc["score"].values
                 frames.append(df)
@@ -324,10 +455,15 @@ def stage_explanations(p: RunParams, run: Path, role: str, acts: Stage, saes: di
         out.to_csv(folder / "explanations.csv", index=False)
         app = out[(out.seed == p.sae_seeds[0]) & (out["rank"] <= p.k_features)].rename(columns={"large_idx": "feature"})
         write_appendix_e(app.assign(dictionary="large"), folder / "appendix_e")
-        return {"n_explained": len(out), "mean_score": float(out["score"].mean()),
+        scored = out["score"].notna()
+        return {"n_features": len(out), "n_described": int((out.status == "ok").sum()),
+                "n_dead": int((out.status == "dead").sum()), "n_too_sparse": int((out.status == "too_sparse").sum()),
+                "median_firing_rate": float(out["firing_rate"].median()),
+                "mean_score": float(out.loc[scored, "score"].mean()) if scored.any() else None, "n_scored": int(scored.sum()),
                 "mean_abs_utility_r": float(out["utility_r"].abs().mean())}
     key = {"role": role, "explainer": p.explainer, "k_features": p.k_features, "k_table3": p.k_table3,
-           "explainer_model": getattr(explainer, "model", None)}
+           "explainer_model": getattr(explainer, "model", None), "min_firing_docs": p.min_firing_docs,
+           "seeds": list(p.sae_seeds)}
     return cached_stage(run, f"explanations-{role}", key, compute, deps=(acts, mmcs_stage))
 
 # %% ../nbs/14_pipeline.ipynb #b319406d
@@ -345,15 +481,21 @@ def stage_table3(p: RunParams, run: Path, explained: dict[str, Stage]) -> Stage:
         df["description"] = df["description"].fillna("").astype(str)
         t3 = table3(df, k=p.k_table3)
         corr = df.groupby("model")["utility_r"].agg(mean_abs_r=lambda r: r.abs().mean(), mean_r="mean").reset_index()
-        (folder / "table3.md").write_text(to_markdown(t3.drop(columns=["per_seed"])) + "\n\nLLM-free: correlation of feature "
-                                          "activation with the token's word utility\n\n" + to_markdown(corr) + "\n")
+        (folder / "table3.md").write_text(
+            to_markdown(t3.drop(columns=["per_seed"])) + f"\n\nOnly described features score (`n_undescribed`: dead, firing in "
+            f"fewer than {p.min_firing_docs} reviews, or no description); `stoplist = meta` leaves out the words in "
+            "`rewardsae.scores.META_WORDS`.\n\nLLM-free: correlation of feature activation with the token's word utility\n\n"
+            + to_markdown(corr) + "\n")
         t3.to_csv(folder / "table3.csv", index=False)
         write_appendix_e(pd.concat([pd.read_csv(st.folder / "appendix_e.csv", keep_default_na=False, na_values=[""])
                                     for st in explained.values()], ignore_index=True), folder / "appendix_e")
-        res = {role: {f"{r.variant}_utility": _ci(r.utility, r.ci_low, r.ci_high) for r in g.itertuples()}
-               for role, g in t3.groupby("model")}
-        return {"table3": res, "utility_correlation": corr.set_index("model").to_dict("index")}
-    return cached_stage(run, "table3", {"k_table3": p.k_table3, "appendix_e": True}, compute, deps=tuple(explained.values()))
+        res = {role: {f"{r.variant}_utility" + ("" if r.stoplist == "none" else f"_{r.stoplist}"): _ci(r.utility, r.ci_low, r.ci_high)
+                      for r in g.itertuples()} for role, g in t3.groupby("model")}
+        undescribed = {role: {"n_features": int(g.n_features.iloc[0]), "n_undescribed": int(g.n_undescribed.iloc[0])}
+                       for role, g in t3.groupby("model")}
+        return {"table3": res, "table3_features": undescribed, "utility_correlation": corr.set_index("model").to_dict("index")}
+    return cached_stage(run, "table3", {"k_table3": p.k_table3, "appendix_e": True, "rule": "described-only+meta"}, compute,
+                        deps=tuple(explained.values()))
 
 
 def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
@@ -363,8 +505,8 @@ def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
         t = evaluate_completions(p.model, policy.result["path"], n=p.n_completions, seed=p.seed,
                                  with_sentiment=p.preset != "smoke", out_dir=folder)
         return {"table4": {role: {m: _ci(r[role], r[f"{role}_lo"], r[f"{role}_hi"]) for m, r in t.iterrows()}
-                           for role in ("base", "rlhf")}}
-    return cached_stage(run, "table4", {"n": p.n_completions, "seed": p.seed, "sentiment": p.preset != "smoke"},
+                           for role in ("base", "rlhf", "diff")}}
+    return cached_stage(run, "table4", {"n": p.n_completions, "seed": p.seed, "sentiment": p.preset != "smoke", "paired": True},
                         compute, deps=(policy,))
 
 # %% ../nbs/14_pipeline.ipynb #2cdf2971
@@ -380,12 +522,6 @@ def versions() -> dict:
     return out
 
 
-def _stages(run: Path, prefix: str) -> list:
-    from rewardsae.stages import load_stage
-    root = Path(run) / "stages"
-    return [s for d in sorted(root.glob(prefix)) if d.is_dir() and (s := load_stage(d)) is not None]
-
-
 def _table(rows: list[dict], floatfmt: str = ".3f") -> str:
     "A markdown table of `rows` (`rewardsae.scores.to_markdown` on a DataFrame)."
     import pandas as pd
@@ -393,67 +529,97 @@ def _table(rows: list[dict], floatfmt: str = ".3f") -> str:
     return to_markdown(pd.DataFrame(rows), floatfmt) + "\n" if rows else "_none_\n"
 
 
-def collect_figures(run: Path) -> list[Path]:
-    "Copy every stage's PNG/PDF figures into `run/figures/`; returns the PNGs."
+def plan_stages(stages: dict) -> list[Stage]:
+    "The `Stage`s of one run's plan (`run_all`'s dict: stages, or dicts of stages), in order, each once."
+    out, seen = [], set()
+    for v in stages.values():
+        for s in (v.values() if isinstance(v, dict) else [v]):
+            if isinstance(s, Stage) and s.folder not in seen:
+                seen.add(s.folder)
+                out.append(s)
+    return out
+
+
+def collect_figures(run: Path, stages: list[Stage]) -> list[Path]:
+    "Copy the PNG/PDF figures of this run's `stages` (never a stale stage's) into `run/figures/`; returns the PNGs."
     import shutil
     dest = Path(run) / "figures"
     dest.mkdir(exist_ok=True)
     pngs = []
-    for d in sorted((Path(run) / "stages").iterdir()):
-        if d.is_dir() and not d.name.startswith("."):
-            for f in sorted(d.glob("*.p[nd][gf]")):
-                with atomic_file(dest / f.name) as tmp:
-                    shutil.copy2(f, tmp)
-                if f.suffix == ".png":
-                    pngs.append(dest / f.name)
+    for d in sorted(s.folder for s in stages):
+        for f in sorted(d.glob("*.p[nd][gf]")):
+            with atomic_file(dest / f.name) as tmp:
+                shutil.copy2(f, tmp)
+            if f.suffix == ".png":
+                pngs.append(dest / f.name)
     return pngs
 
 # %% ../nbs/14_pipeline.ipynb #9d5d999e
-def write_summary(params: RunParams, run: Path, timings: dict | None = None) -> dict:
-    "Write `summary.json` and `report.md` for the finished stages of `run`; returns the summary."
-    from rewardsae.stages import load_stage
+SAE_METRICS = ("fvu", "pca_fvu", "l0", "dead_frac", "frac_below_1e-4", "frac_above_1e-1", "train_fvu", "mse",
+               "n_train_tokens", "n_heldout_tokens")
+
+
+def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | None = None) -> dict:
+    """Write `summary.json` and `report.md` from the stages of this run's plan (`run_all`'s dict), never from
+    other stages left in the folder by earlier runs; returns the summary."""
     run = Path(run)
-    st = lambda name: load_stage(run / "stages" / name)
-    div, mmcs, t3, t4, pol = st("divergence"), st("mmcs"), st("table3"), st("table4"), st("policy")
+    plan = plan_stages(stages)
+    one = lambda name: stages.get(name) if isinstance(stages.get(name), Stage) else None
+    div, mmcs, t3, t4, pol = one("divergence"), one("mmcs"), one("table3"), one("table4"), one("policy")
     summary = {
         "params": params.to_dict(),
         "policy": pol.result if pol else None,
         "layers": div.result["layers"] if div else [],
         "selected_layers": div.result["selected_layers"] if div else [],
-        "sae": [{k: s.result[k] for k in ("model", "layer", "size", "seed", "mse", "fvu", "l0", "dead_frac")}
-                for s in _stages(run, "sae-*") if "-abl" not in s.folder.name],
+        "layer_noise": div.result.get("noise") if div else None,
+        "sae": [{k: s.result[k] for k in ("model", "layer", "size", "seed", *SAE_METRICS) if k in s.result}
+                for s in (stages.get("saes") or {}).values()],
         "mmcs": mmcs.result["mmcs"] if mmcs else [],
         "base_vs_rlhf": mmcs.result["base_vs_rlhf"] if mmcs else [],
         "table3": t3.result["table3"] if t3 else None,
+        "table3_features": t3.result.get("table3_features") if t3 else None,
         "utility_correlation": t3.result.get("utility_correlation") if t3 else None,
+        "explanations": {r: s.result for r, s in (stages.get("explanations") or {}).items()},
         "table4": t4.result["table4"] if t4 else None,
-        "ablations": st("ablations").result if params.ablations and st("ablations") else None,
+        "ablations": one("ablations").result if one("ablations") else None,
         "timings": {k: round(v, 1) for k, v in (timings or {}).items()},
-        "stage_seconds": {s.folder.name: s.seconds for s in _stages(run, "*")},
+        "stage_seconds": {s.folder.name: s.seconds for s in plan},
         "versions": versions(),
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
-    pngs = collect_figures(run)
+    pngs = collect_figures(run, plan)
     md = [f"# rewardsae run: {params.model}, {params.reward} reward, {params.preset} preset\n",
           f"Tuned model: `{summary['policy']['path'] if summary['policy'] else '?'}`. "
-          f"Selected layers ({params.layer_mode} divergence): {summary['selected_layers']}.\n"]
+          f"Selected layers ({params.layer_mode} {params.layer_measure} divergence): {summary['selected_layers']}.\n"]
+    if summary["layer_noise"]:
+        md += [f"Is the layer choice above optimiser noise? {summary['layer_noise']['verdict']}\n"]
     md += [f"![{p.stem}](figures/{p.name})\n" for p in pngs]
     explainer = f" (`{params.explainer}` explainer)"
-    for title, key in (("Table 4: utility of completions", "table4"), (f"Table 3: utility of feature descriptions{explainer}", "table3")):
+    for title, key in (("Table 4: utility of completions (diff: RLHF − base, paired bootstrap)", "table4"),
+                       (f"Table 3: utility of feature descriptions{explainer}", "table3")):
         if summary[key]:
             rows = [{"model": m, "metric": k, "mean": v["mean"], "95% CI": f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]"}
                     for m, metrics in summary[key].items() for k, v in metrics.items()]
             md += [f"\n## {title}\n", _table(rows)]
+    if summary["table3_features"]:
+        md += [f"Only described features score. Features not described (dead, firing in fewer than "
+               f"{params.min_firing_docs} reviews, no description), of all counted: "
+               + ", ".join(f"{m} {v['n_undescribed']} of {v['n_features']}" for m, v in summary["table3_features"].items())
+               + ". `_meta`: the words in `rewardsae.scores.META_WORDS` (like, fire, strong, clear, ...) not counted.\n"]
     if summary["utility_correlation"]:
         md += ["\n## LLM-free measure: correlation of feature activation with the token's word utility\n",
                _table([{"model": m, **v} for m, v in summary["utility_correlation"].items()])]
+    if summary["explanations"]:
+        md += ["\n## Explained features\n", _table([{"model": m, **v} for m, v in summary["explanations"].items()])]
     if t3 and (t3.folder / "appendix_e.md").exists():
         md += [f"\n## Appendix E: top {params.k_features} features per layer, seed {params.sae_seeds[0]}{explainer}\n",
                (t3.folder / "appendix_e.md").read_text()]
-    md += ["\n## Sparse autoencoders (mean over seeds)\n",
-           _table(_mean_rows(summary["sae"], ["model", "layer", "size"], ["fvu", "l0", "dead_frac"]))]
+    md += ["\n## Sparse autoencoders: final model on the held-out reviews (mean over seeds)\n",
+           "`pca_fvu`: FVU of the top principal components of the training activations, as many as the SAE's L0 "
+           "(a dictionary should beat it); `train_fvu`: running mean over the last training steps.\n",
+           _table(_mean_rows(summary["sae"], ["model", "layer", "size"], [k for k in SAE_METRICS[:7] if summary["sae"] and k in summary["sae"][0]]))]
     md += ["\n## MMCS, large vs small dictionary\n", _table(summary["mmcs"])]
-    md += ["\n## Base vs RLHF large dictionaries\n", _table(summary["base_vs_rlhf"])]
+    md += ["\n## Base vs RLHF large dictionaries (floor: base seed vs base seed)\n", _table(summary["base_vs_rlhf"])]
     md += ["\n## Stage timings (s)\n", _table([{"stage": k, "seconds": float(v)} for k, v in summary["stage_seconds"].items()], floatfmt=".1f")]
     atomic_write_text(run / "report.md", "\n".join(md))
     return summary
@@ -516,12 +682,13 @@ def run_all(params: RunParams) -> dict:
     layers = step("divergence", stage_divergence, p, run, st["policy"]).result["selected_layers"]
     step("activations", lambda: {r: stage_activations(p, run, r, st["policy"], st["divergence"]) for r in ("base", "rlhf")})
     step("saes", stage_saes, p, run, st["policy"], st["activations"], layers)
+    step("sae_figures", stage_sae_figures, p, run, st["saes"])
     step("mmcs", stage_mmcs, p, run, st["saes"], layers)
     step("explanations", lambda: {r: stage_explanations(p, run, r, st["activations"][r], st["saes"], st["mmcs"]) for r in ("base", "rlhf")})
     step("table3", stage_table3, p, run, st["explanations"])
     step("table4", stage_table4, p, run, st["policy"])
     if p.ablations:
         step("ablations", stage_ablations, p, run, st["policy"], st["divergence"], st["activations"])
-    st["summary"] = write_summary(p, run, timings)
+    st["summary"] = write_summary(p, run, st, timings)
     st["run"] = run
     return st

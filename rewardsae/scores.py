@@ -223,7 +223,8 @@ def appendix_e(features: pd.DataFrame) -> dict[str, str]:
     if missing:
         raise ValueError(f"appendix_e needs columns {APPENDIX_E_COLUMNS}; missing {missing}")
     extra = [c for c in ("model", "seed") if c in features.columns]
-    df = features[extra + APPENDIX_E_COLUMNS].sort_values(extra + ["layer", "similarity"],
+    tail = [c for c in ("status", "firing_rate") if c in features.columns]   # why a feature has no description
+    df = features[extra + APPENDIX_E_COLUMNS + tail].sort_values(extra + ["layer", "similarity"],
                                                          ascending=[True] * (len(extra) + 1) + [False], kind="stable")
     latex = df.to_latex(index=False, float_format="%.3f", escape=True,
                         column_format="".join("p{7cm}" if c == "description" else "l" for c in df.columns))

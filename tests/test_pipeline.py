@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -103,6 +104,43 @@ def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_ti
     assert not more["explanations"]["base"].reused and not more["table3"].reused
 
 
+def test_summary_reads_only_the_current_plan_and_reordered_seeds_recompute(tmp_path, tuned_tiny):
+    out = str(tmp_path / "plan")
+    two = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "sae_seeds": [0, 1]}))
+    assert two["summary"]["selected_layers"] == [3, 1]
+    # the same folder, one layer: layer 1's SAE stages stay on disk but are not part of this run
+    one = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "n_layers": 1, "sae_seeds": [0, 1]}))
+    assert (Path(out) / "stages" / "sae-base-L1-large-s0").exists()
+    assert {r["layer"] for r in one["summary"]["sae"]} == {3} and len(one["summary"]["sae"]) == 8
+    assert not any("L1" in k for k in one["summary"]["stage_seconds"])
+    assert "sae-base-L1" not in (Path(out) / "report.md").read_text()
+    # the same seeds in another order: the first pair (which MMCS compares and explanations describe) changed
+    swapped = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "n_layers": 1, "sae_seeds": [1, 0]}))
+    assert all(s.reused for s in swapped["saes"].values())
+    assert not swapped["mmcs"].reused and not swapped["explanations"]["base"].reused
+    assert swapped["summary"]["base_vs_rlhf"][0]["base_seed"] == 1
+
+
+def test_sae_metrics_come_from_the_final_model_on_heldout_reviews(tmp_path, tuned_tiny):
+    from rewardsae.pipeline import activation_store, heldout_split
+    from rewardsae.sae import load_sae
+    from rewardsae.sae_eval import heldout_metrics
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "ho"), **{**SMALL, "n_layers": 1}))
+    store = activation_store(st["activations"]["base"])
+    split = heldout_split(store, 0.1)
+    held = set(store.doc[split:].tolist())
+    assert len(held) == 3 and not held & set(store.doc[:split].tolist())    # ceil(0.1 x 24) reviews, disjoint
+    sae_st = st["saes"][("base", 3, "large", 0)]
+    x = store.activations(3)
+    m, freq = heldout_metrics(load_sae(sae_st.folder / "sae"), x[split:])
+    r = sae_st.result
+    assert r["fvu"] == pytest.approx(m["fvu"]) and r["l0"] == pytest.approx(m["l0"]) and r["dead_frac"] == pytest.approx(m["dead_frac"])
+    assert r["n_heldout_tokens"] == len(x) - split and r["n_train_tokens"] == split
+    assert r["fvu"] != pytest.approx(r["train_fvu"])          # not the running mean over training batches
+    with pytest.raises(ValueError, match="at least 2"):
+        heldout_split(type("S", (), {"doc": np.zeros(5, int)})(), 0.1)
+
+
 def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
     out = tmp_path / "cli-run"
     args = ["run", "--model", "tiny-neox", "--preset", "smoke", "--tuned", tuned_tiny, "--out", str(out),
@@ -150,6 +188,28 @@ def test_cli_refuses_an_unreachable_hub_model_before_any_work(tmp_path):
     assert r.returncode == 2 and "unknown preset 'gpu'" in r.stderr
 
 
+def test_cli_refuses_bad_parameters_and_a_mismatched_tuned_model_before_any_work(tmp_path):
+    from rewardsae.models import check_model_pair, load_causal_lm
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    _, tok = load_causal_lm("tiny-neox")
+    wide = tmp_path / "wide"   # tiny-neox's tokenizer, but 128 wide instead of 64
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=256)).save_pretrained(wide)
+    tok.save_pretrained(wide)
+    with pytest.raises(ValueError, match="hidden_size is 128, not 64"):
+        check_model_pair("tiny-neox", str(wide))
+    cases = [(["--tuned", str(wide)], "hidden_size is 128, not 64"),
+             (["--param", "n_layers=abc"], "n_layers must be an integer, got 'abc'"),
+             (["--param", "n_layers=9"], "n_layers=9 but tiny-neox has 4 layers"),
+             (["--param", "heldout_frac=1.5"], "heldout_frac must be between 0 and 1")]
+    for extra, msg in cases:
+        out = tmp_path / "r"
+        r = subprocess.run([CLI, "run", "--model", "tiny-neox", "--preset", "smoke", "--out", str(out), *extra],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr.strip().splitlines()[-1], (extra, r.stderr[-500:])
+        assert not (out / "stages").exists()
+
+
 def test_base_vs_rlhf_compares_across_seeds_with_a_floor(tmp_path, tuned_tiny):
     st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "seeds"), sae_seeds=[0, 1], **SMALL))
     rows = st["summary"]["base_vs_rlhf"]
@@ -166,6 +226,6 @@ def test_explainer_model_reaches_the_explainer_and_a_bad_one_fails_before_any_wo
     assert make_explainer(make_params(explainer="openai", explainer_model="my-model")).model == "my-model"
     assert make_explainer(make_params(explainer="openai")).model == "gpt-4"
     r = subprocess.run([CLI, "run", "--model", "tiny-neox", "--preset", "smoke", "--explainer", "local",
-                        "--param", "explainer_model=tiny-neox", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+                        "--param", "explainer_model=tiny-neox", "--param", "n_layers=2", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("has no chat template: use a chat/instruct model")
     assert not (tmp_path / "x").exists()

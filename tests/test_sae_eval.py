@@ -1,0 +1,77 @@
+"Held-out dictionary metrics with known answers: L0, dead, firing frequency, FVU, PCA baseline, CE loss recovered, reward R²."
+import numpy as np
+import pytest
+import torch
+
+from rewardsae.models import load_causal_lm
+from rewardsae.sae import SparseAutoencoder
+from rewardsae.sae_eval import ce_loss_recovered, heldout_metrics, pca_baseline_fvu, reward_signal_check, reward_signal_r2
+
+
+class Axes:
+    "encode = ReLU(x) on the coordinate axes, decode = f: reconstructs non-negative inputs exactly."
+    def __init__(self, d): self.d_in = self.d_hidden = d
+    def parameters(self): return iter(())
+    def encode(self, x): return torch.relu(x)
+    def decode(self, f): return f
+
+
+class Scale:
+    "encode = x (identity), decode = scale·f: scale 1 is a perfect reconstruction, 0 deletes the site."
+    def __init__(self, d, scale): self.d_in = self.d_hidden = d; self.scale = scale
+    def parameters(self): return iter(())
+    def encode(self, x): return x
+    def decode(self, f): return self.scale * f
+
+
+def test_heldout_metrics_by_hand():
+    x = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 0]])
+    m, freq = heldout_metrics(Axes(4), x)
+    # features 0 and 1 fire on 2 and 1 of 4 tokens, 2 and 3 never: L0 = 3/4, dead = 2/4
+    assert freq.tolist() == [0.5, 0.25, 0.0, 0.0] and m["l0"] == 0.75 and m["dead_frac"] == 0.5
+    assert m["fvu"] == 0 and m["explained_variance"] == 1 and m["n_tokens"] == 4
+    assert m["frac_below_1e-4"] == 0.5 and m["frac_above_1e-1"] == 0.5 and m["n_features_90pct_l0"] == 2
+    # a reconstruction of 0 plus b_dec = mean: FVU exactly 1
+    sae = SparseAutoencoder(4, 2, seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+        sae.b_dec.copy_(x.mean(0))
+    m, _ = heldout_metrics(sae, x.numpy())
+    assert m["fvu"] == pytest.approx(1.0) and m["l0"] == 0 and m["dead_frac"] == 1.0
+    with pytest.raises(ValueError, match="width 4"):
+        heldout_metrics(SparseAutoencoder(3, 2), x)
+
+
+def test_pca_baseline_known_ranks():
+    g = np.random.default_rng(0)
+    x = g.normal(size=(3000, 2)) @ g.normal(size=(2, 10)) + 5.0 + 1e-4 * g.normal(size=(3000, 10))
+    assert pca_baseline_fvu(x[:2000], x[2000:], 2) < 1e-6        # the data has 2 directions
+    assert pca_baseline_fvu(x[:2000], x[2000:], 10) < 1e-12
+    one = pca_baseline_fvu(x[:2000], x[2000:], 1)
+    assert 0.05 < one < 0.95
+    assert pca_baseline_fvu(x[:2000], x[2000:], 0) == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ValueError, match="rank"):
+        pca_baseline_fvu(x[:2000], x[2000:], 11)
+
+
+def test_ce_loss_recovered_identity_and_zero():
+    model, tok = load_causal_lm("tiny-neox")
+    texts = ["A great film with a bad ending.", "Terrible.", "I loved every minute of this wonderful movie."]
+    d = model.config.hidden_size
+    perfect = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 1.0), max_length=16, batch_size=2)
+    assert perfect["ce_sae"] == pytest.approx(perfect["ce_clean"], abs=1e-6) and perfect["ce_loss_recovered"] == pytest.approx(1.0)
+    zero = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 0.0), max_length=16, batch_size=2)
+    assert zero["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-9) and zero["ce_zero"] != zero["ce_clean"]
+    assert zero["ce_clean"] == pytest.approx(perfect["ce_clean"])       # hooks are removed after each pass
+    half = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 0.5), max_length=16, batch_size=1)
+    assert half["ce_clean"] == pytest.approx(perfect["ce_clean"], abs=1e-5)   # padding does not change CE
+
+
+def test_reward_signal_planted_and_noise():
+    g = np.random.default_rng(0)
+    x = np.abs(g.normal(size=(5000, 6))).astype(np.float32)
+    u = 3.0 * x[:, 4]                                                   # utility is one coordinate
+    r = reward_signal_check(Axes(6), x[:4000], u[:4000], x[4000:], u[4000:])
+    assert r["raw_r2"] > 0.999 and r["feature_r2"] > 0.999 and r["kept"] == pytest.approx(1.0, abs=1e-3)
+    noise = g.normal(size=5000)
+    assert reward_signal_r2(x[:4000], noise[:4000], x[4000:], noise[4000:]) < 0.05
