@@ -20,13 +20,13 @@ from .files import atomic_file, atomic_write_text
 from .stages import canonical
 
 # %% auto #0
-__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'ANALYSIS_PRESETS', 'IDENTITY', 'OUTPUT_DOCS',
-           'SIZES', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run', 'load_model',
-           'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts', 'extra_reviews',
-           'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq', 'stage_saes',
-           'stage_sae_figures', 'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations',
-           'stage_table3', 'stage_table4', 'versions', 'plan_stages', 'collect_figures', 'write_summary',
-           'stage_ablations', 'run_all']
+__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
+           'OUTPUT_DOCS', 'SIZES', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run',
+           'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
+           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
+           'stage_saes', 'stage_sae_figures', 'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer',
+           'stage_explanations', 'stage_table3', 'stage_table4', 'versions', 'plan_stages', 'collect_figures',
+           'write_summary', 'stage_ablations', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -34,11 +34,15 @@ REWARDS = ("utility", "sentiment")
 EXPLAINERS = ("tokens", "local", "openai")
 LAYER_MODES = ("highest", "lowest")
 LAYER_MEASURES = ("weights", "outputs")
+SAE_ARCHS = ("l1", "batchtopk")
 
 ANALYSIS_PRESETS = {
-    "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3),
-    "cpu":   dict(n_docs=400, max_length=128, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=512, sae_lr=1e-2, l1_coef=1e-3),
-    "smoke": dict(n_docs=24, max_length=32, sae_seeds=[0], sae_epochs=1, sae_batch_size=64, sae_lr=1e-3, l1_coef=1e-3),
+    "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3,
+                  topk_lr=None),
+    "cpu":   dict(n_docs=400, max_length=128, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=512, sae_lr=1e-2, l1_coef=1e-3,
+                  topk_lr=3e-3),
+    "smoke": dict(n_docs=24, max_length=32, sae_seeds=[0], sae_epochs=1, sae_batch_size=64, sae_lr=1e-3, l1_coef=1e-3,
+                  topk_lr=3e-3),
 }
 
 
@@ -60,6 +64,10 @@ class RunParams:
     sae_batch_size: int | None = None # tokens per SAE training batch
     sae_lr: float | None = None
     l1_coef: float | None = None
+    sae_arch: str = "l1"              # l1: the paper's tied ReLU + L1 SAE | batchtopk: BatchTopK (Bussmann et al. 2024)
+    topk_k: int = 32                  # batchtopk: active latents per token (on average over a batch)
+    topk_lr: float | None = None      # batchtopk: Adam lr (empty: the preset's; paper preset: Gao et al.'s scaling rule)
+    tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs)
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
     min_firing_docs: int = 10         # a feature firing in fewer reviews is listed, not explained or scored
@@ -84,12 +92,16 @@ class RunParams:
                 raise ValueError(f"{name} must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}, got {v!r}")
             setattr(p, name, kind(v))
         for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
-                              ("layer_measure", LAYER_MEASURES)):
+                              ("layer_measure", LAYER_MEASURES), ("sae_arch", SAE_ARCHS)):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
         for k, v in ANALYSIS_PRESETS[p.preset].items():
-            if getattr(p, k) is None:
+            if getattr(p, k) is None and k != "topk_lr":
                 setattr(p, k, v)
+        if p.topk_lr is None:
+            p.topk_lr = ANALYSIS_PRESETS[p.preset]["topk_lr"]
+        if p.tokens is not None and int(p.tokens) < 1:
+            raise ValueError(f"tokens must be at least 1, got {p.tokens}")
         if p.rl_steps is not None and int(p.rl_steps) < 1:
             raise ValueError(f"rl_steps must be at least 1, got {p.rl_steps}")
         if not 0 < float(p.heldout_frac) < 1:
@@ -112,7 +124,7 @@ class RunParams:
 
 
 _TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "sae_batch_size": int,
-          "sae_lr": float, "l1_coef": float, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
+          "sae_lr": float, "l1_coef": float, "topk_k": int, "topk_lr": float, "tokens": int, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
           "n_completions": int, "ablations": bool, "seed": int}
 
 
@@ -238,17 +250,31 @@ def stage_divergence(p: RunParams, run: Path, policy: Stage) -> Stage:
 
 
 def review_texts(p: RunParams) -> list[str]:
-    "The IMDb test reviews the run reads activations and examples from (a seeded sample of `n_docs`)."
+    """The IMDb test reviews the run reads activations and examples from: a seeded sample of `n_docs`, or, with a
+    `tokens` budget, as many reviews of that seeded order as give that many tokens (each cut at `max_length`).
+    A budget larger than the test split holds is refused, naming what there is."""
     from rewardsae.data import load_imdb
-    test = load_imdb("test", verbose=False)
-    return test.shuffle(seed=p.seed).select(range(min(p.n_docs, len(test))))["text"]
+    test = load_imdb("test", verbose=False).shuffle(seed=p.seed)
+    if p.tokens is None:
+        return test.select(range(min(p.n_docs, len(test))))["text"]
+    tok = load_model(p.model)[1]
+    total, n = 0, 0
+    for start in range(0, len(test), 500):
+        texts = list(test.select(range(start, min(start + 500, len(test))))["text"])
+        for ids in tok(texts, add_special_tokens=False, truncation=True, max_length=p.max_length)["input_ids"]:
+            total += len(ids)
+            n += 1
+            if total >= p.tokens:
+                return test.select(range(n))["text"]
+    raise ValueError(f"tokens={p.tokens} is more than the {len(test)} IMDb test reviews give at max_length={p.max_length} "
+                     f"({total} tokens): lower tokens or raise max_length")
 
 
 def extra_reviews(p: RunParams, n: int) -> list[str]:
     "`n` IMDb test reviews that follow the run's sample in the same seeded order: never used for activations or SAEs."
     from rewardsae.data import load_imdb
     test = load_imdb("test", verbose=False).shuffle(seed=p.seed)
-    lo = min(p.n_docs, len(test))
+    lo = min(len(review_texts(p)) if p.tokens else p.n_docs, len(test))
     return test.select(range(lo, min(lo + n, len(test))))["text"]
 
 
@@ -261,7 +287,8 @@ def stage_activations(p: RunParams, run: Path, role: str, policy: Stage, diverge
         model, tok = load_model(model_paths(p, policy)[role])
         store = harvest_activations(model, tok, review_texts(p), layers, folder / "acts", max_length=p.max_length)
         return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers}
-    key = {"role": role, "layers": layers, "n_docs": p.n_docs, "max_length": p.max_length, "seed": p.seed}
+    key = {"role": role, "layers": layers, "n_docs": p.n_docs, "max_length": p.max_length, "seed": p.seed,
+           **({"tokens": p.tokens} if p.tokens else {})}
     return cached_stage(run, f"activations-{role}" + (f"-{tag}" if tag else ""), key, compute, deps=(policy, divergence))
 
 
@@ -286,7 +313,7 @@ def heldout_split(store, frac: float) -> int:
 
 
 def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size: str, seed: int,
-              model_name: str = "", l1_coef: float | None = None, tied: bool = True, tag: str = "") -> Stage:
+              model_name: str = "", l1_coef: float | None = None, tied: bool = True, tag: str = "", arch: str | None = None) -> Stage:
     """One sparse autoencoder on one layer's activations, trained on the training reviews and measured, as a final
     model, on the held-out ones (`rewardsae.sae_eval`); folder `sae/` in SAELens's layout, `curve.csv` (the training
     curve), `freq.npy` (each feature's firing frequency on the held-out reviews)."""
@@ -295,6 +322,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     from rewardsae.sae import save_sae, train_sae
     from rewardsae.sae_eval import heldout_metrics, pca_baseline_fvu
     l1 = p.l1_coef if l1_coef is None else l1_coef
+    arch = arch or p.sae_arch
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
@@ -302,21 +330,28 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
         train, test = x[:split], x[split:]
         d = x.shape[1]
         steps = math.ceil(split / p.sae_batch_size) * p.sae_epochs
-        sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, epochs=p.sae_epochs, batch_size=p.sae_batch_size,
-                               tied=tied, seed=seed, name=f"{role} layer {layer} {size}", layer=layer, log_every=max(1, steps // 25))
-        save_sae(sae, folder / "sae", metadata={"model_name": model_name or role, "hook_name": f"blocks.{layer}.mlp_out",
-                                                "hook_layer": layer, "size": size})
+        meta = {"model_name": model_name or role, "hook_name": f"blocks.{layer}.mlp_out", "hook_layer": layer, "size": size}
+        kw = dict(epochs=p.sae_epochs, batch_size=p.sae_batch_size, seed=seed, name=f"{role} layer {layer} {size}", layer=layer,
+                  log_every=max(1, steps // 25))
+        if arch == "batchtopk":
+            from rewardsae.batchtopk import save_batchtopk, train_batchtopk
+            sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, **kw)
+            save_batchtopk(sae, folder / "sae", metadata=meta)
+        else:
+            sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, tied=tied, **kw)
+            save_sae(sae, folder / "sae", metadata=meta)
         curve.to_csv(folder / "curve.csv", index=False)
         metrics, freq = heldout_metrics(sae, test)
         np.save(folder / "freq.npy", freq)
         metrics["pca_fvu"] = pca_baseline_fvu(train, test, max(1, int(round(metrics["l0"]))))
-        return {"model": role, "layer": layer, "size": size, "seed": seed, "tied": tied, "l1_coef": l1,
+        return {"model": role, "layer": layer, "size": size, "seed": seed, "arch": arch, "tied": tied, "l1_coef": l1,
                 "d_sae": SIZES[size] * d, **{k: _plain(v) for k, v in metrics.items()},
                 "train_fvu": float(curve.fvu.iloc[-1]), "train_l0": float(curve.l0.iloc[-1]),
                 "n_train_tokens": int(split), "n_heldout_tokens": int(len(x) - split)}
-    name = f"sae-{role}-L{layer}-{size}-s{seed}" + (f"-{tag}" if tag else "")
-    key = {"layer": layer, "size": size, "seed": seed, "l1_coef": l1, "tied": tied, "epochs": p.sae_epochs,
-           "batch_size": p.sae_batch_size, "lr": p.sae_lr, "heldout_frac": p.heldout_frac, "metrics": "heldout"}
+    name = f"sae-{role}-L{layer}-{size}-s{seed}" + ("-btk" if arch == "batchtopk" else "") + (f"-{tag}" if tag else "")
+    key = {"layer": layer, "size": size, "seed": seed, "epochs": p.sae_epochs, "batch_size": p.sae_batch_size,
+           "heldout_frac": p.heldout_frac, "metrics": "heldout",
+           **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr})}
     return cached_stage(run, name, key, compute, deps=(acts,))
 
 
@@ -357,8 +392,8 @@ def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stag
 
 def load_dictionary(stage: Stage):
     "The (d_sae × d_in) unit-norm dictionary of an SAE stage."
-    from rewardsae.sae import load_sae
-    return load_sae(stage.folder / "sae").dictionary.detach()
+    from rewardsae.batchtopk import load_any_sae
+    return load_any_sae(stage.folder / "sae").dictionary.detach()
 
 # %% ../nbs/14_pipeline.ipynb #de512f5c
 def stage_mmcs(p: RunParams, run: Path, saes: dict[tuple, Stage], layers: list[int]) -> Stage:
@@ -423,7 +458,7 @@ def stage_explanations(p: RunParams, run: Path, role: str, acts: Stage, saes: di
     import pandas as pd
     from rewardsae.examples import encode_features, feature_examples_many
     from rewardsae.explain import explain_features
-    from rewardsae.sae import load_sae
+    from rewardsae.batchtopk import load_any_sae
     from rewardsae.scores import score_explanations, token_word_utilities, utility_correlation, write_appendix_e
     explainer = make_explainer(p)
     def compute(folder):
@@ -434,7 +469,7 @@ def stage_explanations(p: RunParams, run: Path, role: str, acts: Stage, saes: di
         for seed in p.sae_seeds:
             for layer in store.layers:
                 top = top_table(mmcs_stage, role, layer, seed, p.k_table3)
-                sae = load_sae(saes[(role, layer, "large", seed)].folder / "sae")
+                sae = load_any_sae(saes[(role, layer, "large", seed)].folder / "sae")
                 F = encode_features(sae.encode, store.activations(layer), features=top["large_idx"].tolist(), progress=False)
                 ex = feature_examples_many(F, store.doc, store.pos, store.token_id, tok, features=top["large_idx"].tolist(),
                                            seed=seed, progress=False)

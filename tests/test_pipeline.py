@@ -229,3 +229,23 @@ def test_explainer_model_reaches_the_explainer_and_a_bad_one_fails_before_any_wo
                         "--param", "explainer_model=tiny-neox", "--param", "n_layers=2", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("has no chat template: use a chat/instruct model")
     assert not (tmp_path / "x").exists()
+
+
+def test_batchtopk_architecture_and_token_budget(tmp_path, tuned_tiny):
+    from rewardsae.batchtopk import BatchTopKSAE, load_any_sae
+    from rewardsae.pipeline import review_texts
+    p = make_params(tuned=tuned_tiny, out=str(tmp_path / "btk"), sae_arch="batchtopk", topk_k=4, tokens=500,
+                    **{**SMALL, "n_layers": 1})
+    texts = review_texts(p)
+    _, tok = load_causal_lm("tiny-neox")
+    counts = [len(tok(t, add_special_tokens=False, truncation=True, max_length=p.max_length).input_ids) for t in texts]
+    assert sum(counts) >= 500 > sum(counts[:-1])                  # just enough reviews for the budget
+    st = run_all(p)
+    sae_st = st["saes"][("rlhf", 3, "large", 0)]
+    assert sae_st.folder.name.endswith("-btk") and sae_st.result["arch"] == "batchtopk"
+    assert isinstance(load_any_sae(sae_st.folder / "sae"), BatchTopKSAE)
+    assert st["activations"]["base"].result["n_tokens"] == sum(counts)
+    with pytest.raises(ValueError, match="unknown sae_arch"):
+        make_params(sae_arch="jumprelu")
+    with pytest.raises(ValueError, match=r"tokens=1000000000 is more than the 12500 IMDb test reviews give at max_length=32"):
+        review_texts(make_params(tokens=10**9))
