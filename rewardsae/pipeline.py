@@ -21,12 +21,12 @@ from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
-           'OUTPUT_DOCS', 'SIZES', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run',
+           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run',
            'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
            'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
-           'stage_saes', 'stage_sae_figures', 'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer',
-           'stage_explanations', 'stage_table3', 'stage_table4', 'versions', 'plan_stages', 'collect_figures',
-           'write_summary', 'stage_ablations', 'run_all']
+           'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table',
+           'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'versions', 'plan_stages',
+           'collect_figures', 'write_summary', 'stage_ablations', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -390,6 +390,44 @@ def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stag
     return cached_stage(run, "sae_figures", {"seed": p.sae_seeds[0]}, compute, deps=tuple(first.values()))
 
 
+CE_DOCS = 8   # held-out reviews (64 tokens each) for CE loss recovered
+
+
+def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], saes: dict[tuple, Stage]) -> Stage:
+    """For the first seed's dictionaries, on the held-out reviews: how much of the linearly available reward signal
+    the features keep (ridge R² on token utility, features vs raw activations, `rewardsae.sae_eval`), and, for the
+    large ones, CE loss recovered when the reconstruction replaces the MLP output."""
+    import numpy as np
+    from rewardsae.batchtopk import load_any_sae
+    from rewardsae.sae_eval import ce_loss_recovered, reward_signal_check
+    from rewardsae.scores import token_word_utilities
+    first = {k: s for k, s in saes.items() if k[3] == p.sae_seeds[0]}
+    def compute(folder):
+        rows = []
+        tok = load_model(p.model)[1]
+        texts = review_texts(p)
+        for role in ("base", "rlhf"):
+            store = activation_store(acts[role])
+            split = heldout_split(store, p.heldout_frac)
+            u = token_word_utilities(store.token_id, store.doc, tok, pos=store.pos)
+            held_texts = list(texts[int(store.doc[split]):])[:CE_DOCS]
+            model = load_model(model_paths(p, policy)[role])[0]
+            for (r, layer, size, seed), st in first.items():
+                if r != role:
+                    continue
+                sae = load_any_sae(st.folder / "sae")
+                x = store.activations(layer)
+                row = {"model": role, "layer": layer, "size": size,
+                       **reward_signal_check(sae, x[:split], u[:split], x[split:], u[split:], seed=p.seed)}
+                if size == "large":
+                    row.update(ce_loss_recovered(model, tok, held_texts, layer, sae, max_length=64))
+                rows.append(row)
+        _to_csv(rows, folder / "sae_checks.csv")
+        return {"rows": rows}
+    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS}, compute,
+                        deps=(acts["base"], acts["rlhf"], *first.values()))
+
+
 def load_dictionary(stage: Stage):
     "The (d_sae × d_in) unit-norm dictionary of an SAE stage."
     from rewardsae.batchtopk import load_any_sae
@@ -609,6 +647,7 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
         "layer_noise": div.result.get("noise") if div else None,
         "sae": [{k: s.result[k] for k in ("model", "layer", "size", "seed", *SAE_METRICS) if k in s.result}
                 for s in (stages.get("saes") or {}).values()],
+        "sae_checks": one("sae_checks").result["rows"] if one("sae_checks") else [],
         "mmcs": mmcs.result["mmcs"] if mmcs else [],
         "base_vs_rlhf": mmcs.result["base_vs_rlhf"] if mmcs else [],
         "table3": t3.result["table3"] if t3 else None,
@@ -653,6 +692,12 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
            "`pca_fvu`: FVU of the top principal components of the training activations, as many as the SAE's L0 "
            "(a dictionary should beat it); `train_fvu`: running mean over the last training steps.\n",
            _table(_mean_rows(summary["sae"], ["model", "layer", "size"], [k for k in SAE_METRICS[:7] if summary["sae"] and k in summary["sae"][0]]))]
+    if summary["sae_checks"]:
+        md += [f"\n## Reward signal and CE loss recovered, seed {params.sae_seeds[0]}, held-out reviews\n",
+               "`raw_r2` / `feature_r2`: held-out R² of a ridge regression to the token's VADER word utility from the raw MLP "
+               "output / from the dictionary's features; `kept` = their ratio. `ce_loss_recovered`: (CE_zero − CE_sae) / "
+               f"(CE_zero − CE_clean) with the reconstruction spliced in, on {CE_DOCS} held-out reviews.\n",
+               _table(summary["sae_checks"])]
     md += ["\n## MMCS, large vs small dictionary\n", _table(summary["mmcs"])]
     md += ["\n## Base vs RLHF large dictionaries (floor: base seed vs base seed)\n", _table(summary["base_vs_rlhf"])]
     md += ["\n## Stage timings (s)\n", _table([{"stage": k, "seconds": float(v)} for k, v in summary["stage_seconds"].items()], floatfmt=".1f")]
@@ -718,6 +763,7 @@ def run_all(params: RunParams) -> dict:
     step("activations", lambda: {r: stage_activations(p, run, r, st["policy"], st["divergence"]) for r in ("base", "rlhf")})
     step("saes", stage_saes, p, run, st["policy"], st["activations"], layers)
     step("sae_figures", stage_sae_figures, p, run, st["saes"])
+    step("sae_checks", stage_sae_checks, p, run, st["policy"], st["activations"], st["saes"])
     step("mmcs", stage_mmcs, p, run, st["saes"], layers)
     step("explanations", lambda: {r: stage_explanations(p, run, r, st["activations"][r], st["saes"], st["mmcs"]) for r in ("base", "rlhf")})
     step("table3", stage_table3, p, run, st["explanations"])

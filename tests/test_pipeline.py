@@ -139,6 +139,10 @@ def test_sae_metrics_come_from_the_final_model_on_heldout_reviews(tmp_path, tune
     assert r["fvu"] != pytest.approx(r["train_fvu"])          # not the running mean over training batches
     with pytest.raises(ValueError, match="at least 2"):
         heldout_split(type("S", (), {"doc": np.zeros(5, int)})(), 0.1)
+    checks = st["summary"]["sae_checks"]   # 2 models x 1 layer x 2 sizes; CE loss recovered for the large ones
+    assert sorted((r["model"], r["size"]) for r in checks) == [(m, z) for m in ("base", "rlhf") for z in ("large", "small")]
+    assert all(("ce_loss_recovered" in r) == (r["size"] == "large") for r in checks)
+    assert all(r["kept"] == pytest.approx(r["feature_r2"] / r["raw_r2"]) for r in checks if r["raw_r2"] > 0)
 
 
 def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
