@@ -8,6 +8,7 @@ one-minute look at the data, the reward and the model."""
 from __future__ import annotations
 
 import argparse
+import threading
 import json
 import sys
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from .pipeline import RunParams, make_explainer, make_params, open_run
 
 # %% auto #0
-__all__ = ['demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment', 'main']
+__all__ = ['CPU_STAGE_SECONDS', 'demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment',
+           'progress_line', 'show_progress', 'main']
 
 # %% ../nbs/20_cli.ipynb #c2a69e0f
 def demo(model: str = "smollm2-135m", n_reviews: int = 3, seed: int = 0) -> None:
@@ -102,10 +104,74 @@ def run_experiment(params: RunParams, log_output: bool = False) -> Path:
     if missing:
         raise ValueError(f"experiment notebook has no parameter {sorted(missing)[0]!r}")
     t0 = time.perf_counter()
-    pm.execute_notebook(str(nb), str(out / "experiment.ipynb"), parameters=params.to_dict(),
-                        kernel_name="python3", cwd=str(Path.cwd()), log_output=log_output, progress_bar=True)
+    (out / "progress.json").unlink(missing_ok=True)
+    done = threading.Event()
+    watcher = threading.Thread(target=show_progress, args=(out, params, done), daemon=True)
+    if not log_output:
+        watcher.start()
+    try:
+        # ipykernel's warning about unencrypted TCP on loopback says nothing a user can act on: silenced
+        pm.execute_notebook(str(nb), str(out / "experiment.ipynb"), parameters=params.to_dict(),
+                            kernel_name="python3", cwd=str(Path.cwd()), log_output=log_output, progress_bar=log_output,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join(timeout=5)
     print(f"{params.model}: done in {time.perf_counter() - t0:.0f}s -> {out}/report.md, {out}/summary.json", file=sys.stderr)
     return out
+
+
+# Seconds each stage took in the CPU default's reference run (quiet 2-core machine): the estimate of what is left.
+CPU_STAGE_SECONDS = {"policy": 340, "divergence": 60, "activations": 190, "saes": 330, "sae_figures": 5, "sae_checks": 90,
+                     "mmcs": 10, "explanations": 40, "table3": 1, "table4": 70, "ablations": 240}
+
+
+def progress_line(prog: dict, now: float, expected: dict | None = None) -> str:
+    "One status line from `progress.json`: stage k of n, what it is doing, elapsed, and (with `expected`) time left."
+    plan, done, stage = prog.get("plan", []), prog.get("done", []), prog.get("stage")
+    k = len(done) + (1 if stage else 0)
+    line = f"[{k}/{len(plan)}] {stage or 'finishing'}"
+    if prog.get("part"):
+        line += f": {prog['part']} ({prog.get('part_done', 0) + 1}/{prog.get('part_total', '?')})"
+    elapsed = now - prog.get("started", now) if stage else 0
+    if expected:
+        left = sum(expected.get(s, 0) for s in plan if s not in done and s != stage)
+        if stage:
+            left += max(expected.get(stage, 0) - elapsed, 0)
+        line += f" | stage {elapsed:.0f}s | about {left / 60:.0f} min left (if nothing is cached)"
+    elif stage:
+        line += f" | stage {elapsed:.0f}s"
+    return line
+
+
+def show_progress(out: Path, params: RunParams, done: threading.Event, every: float = 1.0) -> None:
+    """Show the run's progress on stderr until `done` is set: one live line on a terminal; otherwise a line when a
+    stage starts and one for every stage finished (none is skipped, however fast)."""
+    expected = CPU_STAGE_SECONDS if params.preset == "cpu" else None
+    tty, last, reported = sys.stderr.isatty(), "", 0
+    while True:
+        finished = done.wait(every)
+        try:
+            prog = json.loads((Path(out) / "progress.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            prog = None
+        if prog:
+            line = progress_line(prog, time.time(), expected)
+            if tty:
+                print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+            else:
+                stages = prog.get("done", [])
+                for name in stages[reported:]:
+                    print(f"[{stages.index(name) + 1}/{len(prog.get('plan', []))}] {name} done", file=sys.stderr, flush=True)
+                reported = len(stages)
+                if prog.get("stage") and line.split(" | ")[0] != last:
+                    print(line, file=sys.stderr, flush=True)
+            last = line.split(" | ")[0]
+        if finished:
+            break
+    if tty:
+        print(file=sys.stderr)
 
 # %% ../nbs/20_cli.ipynb #050f03db
 def main(argv: list[str] | None = None) -> int:

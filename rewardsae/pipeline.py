@@ -21,12 +21,12 @@ from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
-           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'SAE_METRICS', 'L1_SWEEP', 'RunParams', 'slug', 'make_params', 'open_run',
-           'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
+           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params',
+           'open_run', 'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
            'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
            'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table',
            'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'versions', 'plan_stages',
-           'collect_figures', 'write_summary', 'stage_ablations', 'run_all']
+           'collect_figures', 'write_summary', 'stage_ablations', 'report_progress', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -369,8 +369,12 @@ def feature_freq(stage: Stage):
 def stage_saes(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], layers: list[int]) -> dict[tuple, Stage]:
     "Every SAE of the run: {(role, layer, size, seed): Stage} for both models, the selected layers, both sizes, every seed."
     names = model_paths(p, policy)
-    return {(role, layer, size, seed): stage_sae(p, run, acts[role], role, layer, size, seed, model_name=names[role])
-            for seed in p.sae_seeds for role in ("base", "rlhf") for layer in layers for size in SIZES}
+    todo = [(role, layer, size, seed) for seed in p.sae_seeds for role in ("base", "rlhf") for layer in layers for size in SIZES]
+    out = {}
+    for i, (role, layer, size, seed) in enumerate(todo):
+        report_progress(run, part=f"{role} L{layer} {size} seed {seed}", part_done=i, part_total=len(todo))
+        out[(role, layer, size, seed)] = stage_sae(p, run, acts[role], role, layer, size, seed, model_name=names[role])
+    return out
 
 
 def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stage:
@@ -745,6 +749,20 @@ def stage_ablations(p: RunParams, run: Path, policy: Stage, divergence: Stage, a
                                            "batch_size": p.sae_batch_size, "lr": p.sae_lr}, compute, deps=(acts["base"], low_acts))
 
 # %% ../nbs/14_pipeline.ipynb #0ba29234
+PLAN = ("policy", "divergence", "activations", "saes", "sae_figures", "sae_checks", "mmcs", "explanations", "table3", "table4")
+
+
+def report_progress(run: Path, **fields) -> None:
+    "Update `run/progress.json` (the stage running now, stages done, counts within a stage): `rewardsae run` shows it live."
+    import time
+    path = Path(run) / "progress.json"
+    try:
+        cur = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        cur = {}
+    atomic_write_text(path, json.dumps({**cur, **fields, "time": time.time()}))
+
+
 def run_all(params: RunParams) -> dict:
     "Every stage of one run, in order; returns the stages by name and writes `summary.json` and `report.md`."
     import time
@@ -753,10 +771,14 @@ def run_all(params: RunParams) -> dict:
     if p.explainer != "tokens":
         make_explainer(p)   # a missing API key fails now, not after an hour of training
     timings, st = {}, {}
+    plan = PLAN + (("ablations",) if p.ablations else ())
+    report_progress(run, plan=list(plan), done=[], stage=None, part=None)
     def step(name, fn, *a):
+        report_progress(run, stage=name, part=None, started=time.time())
         t0 = time.perf_counter()
         st[name] = fn(*a)
         timings[name] = round(time.perf_counter() - t0, 2)
+        report_progress(run, done=list(timings), stage=None)
         return st[name]
     step("policy", stage_policy, p, run)
     layers = step("divergence", stage_divergence, p, run, st["policy"]).result["selected_layers"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rewardsae.models import load_causal_lm
-from rewardsae.pipeline import make_explainer, make_params, open_run, run_all, stage_policy
+from rewardsae.pipeline import PLAN, make_explainer, make_params, open_run, run_all, stage_policy
 
 CLI = str(Path(sys.executable).parent / "rewardsae")   # the console script
 
@@ -104,6 +104,16 @@ def test_smoke_pipeline_finds_the_perturbed_layers_and_caches(tmp_path, tuned_ti
     assert not more["explanations"]["base"].reused and not more["table3"].reused
 
 
+def test_progress_line_estimates_what_is_left():
+    from rewardsae.cli import progress_line
+    prog = {"plan": ["policy", "saes", "table4"], "done": ["policy"], "stage": "saes", "part": "base L3 large seed 0",
+            "part_done": 4, "part_total": 60, "started": 100.0}
+    line = progress_line(prog, 130.0, {"policy": 300, "saes": 330, "table4": 90})
+    # saes expected 330 s, 30 s in: 300 s left, + table4 90 s = 390 s = 6.5 min -> "about 6 min"
+    assert line == "[2/3] saes: base L3 large seed 0 (5/60) | stage 30s | about 6 min left (if nothing is cached)"
+    assert progress_line({**prog, "part": None}, 130.0) == "[2/3] saes | stage 30s"
+
+
 def test_summary_reads_only_the_current_plan_and_reordered_seeds_recompute(tmp_path, tuned_tiny):
     out = str(tmp_path / "plan")
     two = run_all(make_params(tuned=tuned_tiny, out=out, **{**SMALL, "sae_seeds": [0, 1]}))
@@ -154,6 +164,9 @@ def test_cli_runs_the_experiment_notebook_with_papermill(tmp_path, tuned_tiny):
     s = json.loads((out / "summary.json").read_text())
     assert s["selected_layers"] == [3] and s["params"]["n_layers"] == 1
     assert (out / "experiment.ipynb").exists() and "Table 4" in (out / "report.md").read_text()
+    # live progress on stderr, stage by stage; no kernel transport warning
+    assert all(f"[{i}/10] {name} done" in r.stderr for i, name in enumerate(PLAN, 1))
+    assert "without encryption" not in r.stderr
     bad = subprocess.run([CLI, *args[:-1], "colour=red"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown parameter 'colour'" in bad.stderr
     foreign = subprocess.run([CLI, "run", "--model", "smollm2-135m", "--out", str(out)],
