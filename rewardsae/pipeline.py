@@ -68,6 +68,7 @@ class RunParams:
     topk_k: int = 32                  # batchtopk: active latents per token (on average over a batch)
     topk_lr: float | None = None      # batchtopk: Adam lr (empty: the preset's; paper preset: Gao et al.'s scaling rule)
     tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs)
+    compute_dtype: str = "auto"       # l1 SAE training matmuls: float32 | bfloat16 | auto (bf16 only where measured faster)
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
     min_firing_docs: int = 10         # a feature firing in fewer reviews is listed, not explained or scored
@@ -92,7 +93,8 @@ class RunParams:
                 raise ValueError(f"{name} must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}, got {v!r}")
             setattr(p, name, kind(v))
         for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
-                              ("layer_measure", LAYER_MEASURES), ("sae_arch", SAE_ARCHS)):
+                              ("layer_measure", LAYER_MEASURES), ("sae_arch", SAE_ARCHS),
+                              ("compute_dtype", ("auto", "float32", "bfloat16"))):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
         for k, v in ANALYSIS_PRESETS[p.preset].items():
@@ -323,6 +325,8 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     from rewardsae.sae_eval import heldout_metrics, pca_baseline_fvu
     l1 = p.l1_coef if l1_coef is None else l1_coef
     arch = arch or p.sae_arch
+    from rewardsae.precision import compute_dtype
+    dtype = (compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype) if arch == "l1" else "float32"
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
@@ -338,20 +342,22 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
             sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, **kw)
             save_batchtopk(sae, folder / "sae", metadata=meta)
         else:
-            sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, tied=tied, **kw)
+            sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, tied=tied, compute_dtype=dtype, **kw)
             save_sae(sae, folder / "sae", metadata=meta)
         curve.to_csv(folder / "curve.csv", index=False)
         metrics, freq = heldout_metrics(sae, test)
         np.save(folder / "freq.npy", freq)
         metrics["pca_fvu"] = pca_baseline_fvu(train, test, max(1, int(round(metrics["l0"]))))
         return {"model": role, "layer": layer, "size": size, "seed": seed, "arch": arch, "tied": tied, "l1_coef": l1,
+                "compute_dtype": sae.metadata.get("compute_dtype", "float32"),
                 "d_sae": SIZES[size] * d, **{k: _plain(v) for k, v in metrics.items()},
                 "train_fvu": float(curve.fvu.iloc[-1]), "train_l0": float(curve.l0.iloc[-1]),
                 "n_train_tokens": int(split), "n_heldout_tokens": int(len(x) - split)}
     name = f"sae-{role}-L{layer}-{size}-s{seed}" + ("-btk" if arch == "batchtopk" else "") + (f"-{tag}" if tag else "")
     key = {"layer": layer, "size": size, "seed": seed, "epochs": p.sae_epochs, "batch_size": p.sae_batch_size,
            "heldout_frac": p.heldout_frac, "metrics": "heldout",
-           **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr})}
+           **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr}),
+           **({"compute_dtype": dtype} if dtype != "float32" else {})}   # fp32, the reference, keeps the keys it always had
     return cached_stage(run, name, key, compute, deps=(acts,))
 
 

@@ -192,8 +192,14 @@ def _check_finite(x: torch.Tensor, perm: torch.Tensor | None, batch_size: int, s
 
 # %% ../nbs/07_sae.ipynb #c7fe701f
 @torch.no_grad()
-def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float):
-    "Set `.grad` of every parameter to the gradient of the SAE loss on batch `x`; returns `(loss, sse, counts)`."
+def _mm(a: torch.Tensor, b: torch.Tensor, low) -> torch.Tensor:
+    "`a @ b` in fp32, or with `low` (e.g. torch.bfloat16) multiplied in that precision and returned in fp32."
+    return a @ b if low is None else (a.to(low) @ b.to(low)).float()
+
+
+def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float, low=None):
+    """Set `.grad` of every parameter to the gradient of the SAE loss on batch `x`; returns `(loss, sse, counts)`.
+    With `low` (torch.bfloat16) the five matrix products run in that precision; everything else stays fp32."""
     B, d = x.shape
     W = sae.W
     n_enc = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -203,17 +209,17 @@ def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float):
         We = W
         n_dec = sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         Wd = sae.W_dec / n_dec
-    pre = torch.addmm(sae.b_enc, x, We.T)
+    pre = torch.addmm(sae.b_enc, x, We.T) if low is None else _mm(x, We.T, low).add_(sae.b_enc)
     active = pre > 0
     f = pre.clamp_min_(0)                                          # ReLU in place
-    r = torch.addmm(sae.b_dec, f, Wd).sub_(x)                      # x_hat - x
+    r = (torch.addmm(sae.b_dec, f, Wd) if low is None else _mm(f, Wd, low).add_(sae.b_dec)).sub_(x)   # x_hat - x
     sse = r.pow(2).sum()
     l1 = f.sum()
     loss = sse / (B * d) + l1_coef * l1 / B
     g = r.mul_(2.0 / (B * d))                                      # dL/dx_hat
     c = torch.full((sae.d_hidden,), l1_coef / B, dtype=x.dtype, device=x.device)
-    dpre = torch.addmm(c, g, Wd.T).mul_(active)                    # dL/dpre
-    gWd = f.T @ g                                                  # dL/dWd_hat
+    dpre = (torch.addmm(c, g, Wd.T) if low is None else _mm(g, Wd.T, low).add_(c)).mul_(active)   # dL/dpre
+    gWd = _mm(f.T, g, low)                                         # dL/dWd_hat
     counts = active.sum(0)
     sae.b_dec.grad = g.sum(0)
     sae.b_enc.grad = dpre.sum(0)
@@ -222,9 +228,10 @@ def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float):
         return (gn - wn * (gn * wn).sum(1, keepdim=True)) / n
 
     if sae.tied:
-        sae.W.grad = through_norm(torch.addmm(gWd, dpre.T, x), We, n_enc)
+        full = torch.addmm(gWd, dpre.T, x) if low is None else gWd.add_(_mm(dpre.T, x, low))
+        sae.W.grad = through_norm(full, We, n_enc)
     else:
-        sae.W.grad = dpre.T @ x
+        sae.W.grad = _mm(dpre.T, x, low)
         sae.W_dec.grad = through_norm(gWd, Wd, n_dec)
     return loss, sse, counts
 
@@ -232,11 +239,13 @@ def sae_step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1_coef: float):
 def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-3, epochs: int = 3,
               batch_size: int = 4096, tied: bool = True, seed: int = 0, name: str | None = None,
               layer: int | None = None, device: str | None = None, chunk_bytes: int = 256 * 2**20,
-              check_every: int = 64, progress: bool = True, log_every: int | None = None
-              ) -> tuple[SparseAutoencoder, pd.DataFrame]:
+              check_every: int = 64, progress: bool = True, log_every: int | None = None,
+              compute_dtype: str = "float32") -> tuple[SparseAutoencoder, pd.DataFrame]:
     """Train a `SparseAutoencoder` on (n_tokens × d_in) activations; returns `(sae, metrics)`: one row per epoch
     (running means over the epoch), or with `log_every`, one row per `log_every` steps (means over those steps,
-    columns `step`, `epoch`, ...): the training curve. Final-model metrics on held-out data: `rewardsae.sae_eval`."""
+    columns `step`, `epoch`, ...): the training curve. Final-model metrics on held-out data: `rewardsae.sae_eval`.
+    `compute_dtype`: `float32`, `bfloat16` (matrix products in bf16, weights, Adam and sums in fp32) or `auto`
+    (bf16 only where this machine multiplies faster in it: `rewardsae.precision.compute_dtype`)."""
     name = name or (f"layer {layer}" if layer is not None else "activations")
     a, n, d_in = _as_2d(activations, name)
     if not isinstance(d_hidden, (int, np.integer)) or isinstance(d_hidden, bool) or d_hidden <= 0:
@@ -250,6 +259,8 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
     if log_every is not None and int(log_every) < 1:
         raise ValueError(f"{name}: log_every must be >= 1 or None, got {log_every!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from rewardsae.precision import resolve_dtype
+    low = resolve_dtype(compute_dtype)
     on_disk = isinstance(a, np.memmap) or not isinstance(a, (np.ndarray, torch.Tensor))
     chunk_rows = max(batch_size, chunk_bytes // (4 * d_in)) if on_disk else n
     chunk_rows = (chunk_rows // batch_size) * batch_size if chunk_rows < n else n
@@ -260,7 +271,7 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
     # the same rows, or their MMCS would be inflated by the shared initialisation rather than by what they learned.
     sae = SparseAutoencoder(d_in, int(d_hidden), tied=tied, seed=seed * 1_000_003 + int(d_hidden)).to(device)
     sae.metadata.update({"l1_coefficient": l1_coef, "lr": lr, "epochs": int(epochs), "batch_size": int(batch_size),
-                         "seed": seed, "n_tokens": n})
+                         "seed": seed, "n_tokens": n, "compute_dtype": "bfloat16" if low is not None else "float32"})
     if layer is not None:
         sae.metadata["hook_layer"] = layer
     opt = torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
@@ -290,7 +301,7 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
                         sae.b_dec.copy_(x_chunk.mean(0))
                 for i in range(0, m, batch_size):
                     x = x_chunk[perm[i:i + batch_size]]
-                    loss, b_sse, b_counts = sae_step_grads(sae, x, l1_coef)
+                    loss, b_sse, b_counts = sae_step_grads(sae, x, l1_coef, low)
                     opt.step()
                     step += 1
                     sse, sx, sxx, counts, k = acc

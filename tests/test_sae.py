@@ -182,3 +182,17 @@ def test_training_curve_rows_every_log_every_steps():
     assert per_epoch.epoch.tolist() == [1, 2] and "step" not in per_epoch
     with pytest.raises(ValueError, match="log_every"):
         train_sae(X, 32, log_every=0, progress=False)
+
+
+def test_bf16_matmuls_give_a_dictionary_of_equal_quality():
+    from rewardsae.precision import resolve_dtype
+    X, _ = toy_data(n_samples=4000, d=32, n_features=64, k=3, seed=2)
+    kw = dict(l1_coef=1e-2, lr=1e-2, epochs=2, batch_size=256, progress=False)
+    fp32, _ = train_sae(X, 128, **kw)
+    bf16, _ = train_sae(X, 128, compute_dtype="bfloat16", **kw)
+    assert bf16.metadata["compute_dtype"] == "bfloat16" and fp32.metadata["compute_dtype"] == "float32"
+    a, b = evaluate_sae(fp32, X)["fvu"], evaluate_sae(bf16, X)["fvu"]
+    assert abs(b - a) / a < 0.02                                     # FVU within 2% relative
+    assert not torch.equal(fp32.W, bf16.W)                           # it really took the other path
+    with pytest.raises(ValueError, match="unknown compute dtype"):
+        resolve_dtype("fp8")
