@@ -44,10 +44,14 @@ def layer_arrays(activations, layers=None) -> dict:
 
 
 def _fit(acts, layer, expansion, l1_coef, tied, epochs, train_kw) -> dict:
+    "Train one SAE and measure it; with `heldout_from=row` in `train_kw`: trained on the rows before, measured after."
+    kw = dict(train_kw)
+    split = kw.pop("heldout_from", None)
+    train, test = (acts, acts) if split is None else (acts[:split], acts[split:])
     d = acts.shape[1]
-    sae, _ = train_sae(acts, int(expansion * d), l1_coef=l1_coef, tied=tied, epochs=epochs, layer=layer,
-                       progress=False, **train_kw)
-    ev = evaluate_sae(sae, acts, name=f"layer {layer}")
+    sae, _ = train_sae(train, int(expansion * d), l1_coef=l1_coef, tied=tied, epochs=epochs, layer=layer,
+                       progress=False, **kw)
+    ev = evaluate_sae(sae, test, name=f"layer {layer}")
     return {"layer": layer, "reconstruction": ev["fvu"], "l0": ev["l0"], "sparsity": ev["l0"] / L0_SCALE,
             "dead_frac": ev["dead_frac"], "mse": ev["mse"]}
 

@@ -738,6 +738,7 @@ def stage_ablations(p: RunParams, run: Path, policy: Stage, divergence: Stage, a
     kw = dict(epochs=p.sae_epochs, batch_size=p.sae_batch_size, lr=p.sae_lr, seed=p.seed)
     def compute(folder):
         high_store, low_store = activation_store(acts["base"]), activation_store(low_acts)
+        kw["heldout_from"] = heldout_split(high_store, p.heldout_frac)   # same reviews in both stores: same split
         import matplotlib.pyplot as plt
         per_layer, sweep, fig = l1_sweep(high_store, L1_SWEEP, layers=high[:2], path=folder / "l1_sweep", **kw)
         plt.close(fig)
@@ -752,7 +753,8 @@ def stage_ablations(p: RunParams, run: Path, policy: Stage, divergence: Stage, a
                to_markdown(t6), high, low, to_markdown(t7)))
         return {"fig4": sweep.to_dict("records"), "table6": t6.to_dict("records"), "table7": t7.to_dict("records"), "lowest_layers": low}
     return cached_stage(run, "ablations", {"l1_sweep": L1_SWEEP, "l1_coef": p.l1_coef, "epochs": p.sae_epochs,
-                                           "batch_size": p.sae_batch_size, "lr": p.sae_lr}, compute, deps=(acts["base"], low_acts))
+                                           "batch_size": p.sae_batch_size, "lr": p.sae_lr, "heldout_frac": p.heldout_frac},
+                        compute, deps=(acts["base"], low_acts))
 
 # %% ../nbs/14_pipeline.ipynb #0ba29234
 PLAN = ("policy", "divergence", "activations", "saes", "sae_figures", "sae_checks", "mmcs", "explanations", "table3", "table4")

@@ -170,6 +170,13 @@ def test_ablation_sweep_trends_and_layer_inputs(tmp_path):
     assert list(t7.choice) == ["highest divergence", "lowest layers"] and list(per.layer) == [5, 3]
     with pytest.raises(ValueError, match=r"layers \[7\]"):
         layer_arrays(acts, [7])
+    # held out: trained on the first 3000 rows, measured on the last 1000, which here are pure noise -> far worse
+    noisy = np.r_[X[:3000].numpy(), np.random.default_rng(0).normal(size=(1000, X.shape[1])).astype(np.float32)]
+    _, inside, _ = l1_sweep({3: noisy[:3000]}, l1_coefs=(1e-3,), epochs=1, batch_size=128)
+    _, held, _ = l1_sweep({3: noisy}, l1_coefs=(1e-3,), epochs=1, batch_size=128, heldout_from=3000)
+    sae, _ = train_sae(noisy[:3000], 2 * X.shape[1], l1_coef=1e-3, epochs=1, batch_size=128, layer=3, progress=False)
+    assert held.reconstruction[0] == pytest.approx(evaluate_sae(sae, noisy[3000:])["fvu"])   # exactly that protocol
+    assert held.reconstruction[0] > 1.3 * inside.reconstruction[0]
 
 
 def test_training_curve_rows_every_log_every_steps():
