@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: run test setup clean-venv bench
+.PHONY: run test setup clean-venv bench notebooks
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ run: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
 	HF_HUB_OFFLINE=1 $(VENV)/bin/nbdev-test --do-print
+
+# Execute every chapter in nbs/ and save its outputs (figures, tables, numbers) into it: the tutorial opens with
+# its results. Run after changing a chapter, then commit the notebooks.
+notebooks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/nbdev-test --save --n-workers 1 --do-print
+	$(VENV)/bin/nbdev-clean
 
 # SAELens (the `bench` extra) pulls wandb, transformer-lens, plotly, ... : it goes in its own venv, .venv-bench,
 # so the project's venv never sees it. Same torch, and constraints.txt + bench/constraints-bench.txt pin the rest.

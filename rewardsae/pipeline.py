@@ -434,7 +434,7 @@ def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Sta
                 rows.append(row)
         _to_csv(rows, folder / "sae_checks.csv")
         return {"rows": rows}
-    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS}, compute,
+    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS, "ridge": "unscaled"}, compute,
                         deps=(acts["base"], acts["rlhf"], *first.values()))
 
 

@@ -143,15 +143,13 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
 
 # %% ../nbs/07b_sae_eval.ipynb #1e7d1300
 def reward_signal_r2(features_train, u_train, features_test, u_test, max_rows: int = 50_000, seed: int = 0) -> float:
-    "Held-out R² of a standardised ridge regression (α by cross-validation) from features to token utility."
+    "Held-out R² of a ridge regression (α by cross-validation, inputs in their own units) from features to token utility."
     from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     Xtr, ytr = np.asarray(features_train, dtype=np.float32), np.asarray(u_train, dtype=np.float64)
     if len(Xtr) > max_rows:
         idx = np.random.default_rng(seed).choice(len(Xtr), max_rows, replace=False)
         Xtr, ytr = Xtr[idx], ytr[idx]
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 3, 9)))
+    model = RidgeCV(alphas=np.logspace(-3, 4, 15))
     model.fit(Xtr, ytr)
     return float(model.score(np.asarray(features_test, dtype=np.float32), np.asarray(u_test, dtype=np.float64)))
 
