@@ -142,16 +142,34 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
     return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_loss_recovered": rec}
 
 # %% ../nbs/07b_sae_eval.ipynb #1e7d1300
-def reward_signal_r2(features_train, u_train, features_test, u_test, max_rows: int = 50_000, seed: int = 0) -> float:
-    "Held-out R² of a ridge regression (α by cross-validation, inputs in their own units) from features to token utility."
-    from sklearn.linear_model import RidgeCV
-    Xtr, ytr = np.asarray(features_train, dtype=np.float32), np.asarray(u_train, dtype=np.float64)
+def reward_signal_r2(features_train, u_train, features_test, u_test, max_rows: int = 50_000, seed: int = 0,
+                     alphas=tuple(np.logspace(-3, 4, 15))) -> float:
+    """Held-out R² of a ridge regression (with intercept, inputs in their own units) from features to token utility;
+    α chosen on the last 20% of the training rows. Closed form through one eigendecomposition of XᵀX (float64), so
+    every α costs nothing and a (50,000 × 1,152) fit takes about a second."""
+    Xtr, ytr = np.asarray(features_train, dtype=np.float64), np.asarray(u_train, dtype=np.float64)
     if len(Xtr) > max_rows:
-        idx = np.random.default_rng(seed).choice(len(Xtr), max_rows, replace=False)
+        idx = np.sort(np.random.default_rng(seed).choice(len(Xtr), max_rows, replace=False))
         Xtr, ytr = Xtr[idx], ytr[idx]
-    model = RidgeCV(alphas=np.logspace(-3, 4, 15))
-    model.fit(Xtr, ytr)
-    return float(model.score(np.asarray(features_test, dtype=np.float32), np.asarray(u_test, dtype=np.float64)))
+    if len(Xtr) < 10:
+        raise ValueError(f"reward_signal_r2 needs at least 10 training rows, got {len(Xtr)}")
+
+    def fit(X, y):
+        mx, my = X.mean(0), y.mean()
+        Xc = X - mx
+        s, V = np.linalg.eigh(Xc.T @ Xc)
+        proj = V.T @ (Xc.T @ (y - my))
+        return lambda a: (lambda w: (w, my - mx @ w))(V @ (proj / (np.clip(s, 0, None) + a)))
+
+    def r2(w, b, X, y):
+        res = y - (X @ w + b)
+        return 1.0 - float(res @ res) / max(float(((y - y.mean()) ** 2).sum()), 1e-30)
+
+    cut = int(0.8 * len(Xtr))
+    inner = fit(Xtr[:cut], ytr[:cut])
+    best = max(alphas, key=lambda a: r2(*inner(a), Xtr[cut:], ytr[cut:]))
+    w, b = fit(Xtr, ytr)(best)
+    return r2(w, b, np.asarray(features_test, dtype=np.float64), np.asarray(u_test, dtype=np.float64))
 
 
 @torch.no_grad()
