@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .files import atomic_folder
-from .sae import NonFiniteError, SparseAutoencoder, _as_2d, _check_finite, _check_losses, _chunks, load_sae
+from .sae import (NonFiniteError, SparseAutoencoder, _after_step, _as_2d, _check_finite, _check_losses, _chunks,
+                           _end_epoch, load_sae)
 
 # %% auto #0
 __all__ = ['batch_topk_indices', 'batch_topk', 'BatchTopKSAE', 'estimate_norm_scaling_factor', 'fold_input_scale',
@@ -372,19 +373,9 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                     acc[0] += b_sse; acc[1] += x.sum(0); acc[2] += x.pow(2).sum(); acc[3] += b_counts
                     acc[4] += x.shape[0]; acc[5] += (loss - b_sse / (x.shape[0] * d_in)) * x.shape[0]
                     pending.append((step, loss))
-                    if len(pending) >= check_every:
-                        _check_losses(pending, name)
-                    if log_every and step % int(log_every) == 0:
-                        _check_losses(pending, name)
-                        rows.append(row(acc, step=step, epoch=epoch))
-                        acc = zeros()
+                    acc = _after_step(acc, pending, rows, row, zeros, step, epoch, name, check_every, log_every)
                     bar.update(1)
-            _check_losses(pending, name)
-            if not log_every:
-                rows.append(row(acc, epoch=epoch))
-            elif acc[4]:
-                rows.append(row(acc, step=step, epoch=epoch))
-            r = rows[-1]
+            r = _end_epoch(acc, pending, rows, row, step, epoch, name, log_every)
             bar.set_postfix(fvu=f"{r['fvu']:.3f}", dead=f"{r['dead_frac']:.2f}", thr=f"{r['threshold']:.3g}")
     finally:
         bar.close()

@@ -307,19 +307,9 @@ def train_sae(activations, d_hidden: int, l1_coef: float = 1e-3, lr: float = 1e-
                     sse, sx, sxx, counts, k = acc
                     acc = (sse + b_sse, sx + x.sum(0), sxx + x.pow(2).sum(), counts + b_counts, k + x.shape[0])
                     pending.append((step, loss))
-                    if len(pending) >= check_every:
-                        _check_losses(pending, name)
-                    if log_every and step % int(log_every) == 0:
-                        _check_losses(pending, name)
-                        rows.append(row(acc, step=step, epoch=epoch))
-                        acc = zeros()
+                    acc = _after_step(acc, pending, rows, row, zeros, step, epoch, name, check_every, log_every)
                     bar.update(1)
-            _check_losses(pending, name)
-            if not log_every:
-                rows.append(row(acc, epoch=epoch))
-            elif acc[4]:
-                rows.append(row(acc, step=step, epoch=epoch))
-            r = rows[-1]
+            r = _end_epoch(acc, pending, rows, row, step, epoch, name, log_every)
             bar.set_postfix(fvu=f"{r['fvu']:.3f}", l0=f"{r['l0']:.1f}", dead=f"{r['dead_frac']:.2f}")
     finally:
         bar.close()
@@ -340,6 +330,28 @@ def _check_losses(pending: list, name: str) -> None:
         raise NonFiniteError(f"{name}: the loss became NaN/inf at step {first}; training stopped "
                              "(try a smaller lr or check the activations' scale)")
     pending.clear()
+
+
+def _after_step(acc, pending: list, rows: list, row, zeros, step: int, epoch: int, name: str, check_every: int,
+                log_every: int | None):
+    "Bookkeeping after an optimiser step: check losses now and then; close a curve window every `log_every` steps."
+    if len(pending) >= check_every:
+        _check_losses(pending, name)
+    if log_every and step % int(log_every) == 0:
+        _check_losses(pending, name)
+        rows.append(row(acc, step=step, epoch=epoch))
+        return zeros()
+    return acc
+
+
+def _end_epoch(acc, pending: list, rows: list, row, step: int, epoch: int, name: str, log_every: int | None) -> dict:
+    "Close an epoch: check the last losses; one row per epoch, or the last open curve window; returns the last row."
+    _check_losses(pending, name)
+    if not log_every:
+        rows.append(row(acc, epoch=epoch))
+    elif acc[4]:
+        rows.append(row(acc, step=step, epoch=epoch))
+    return rows[-1]
 
 # %% ../nbs/07_sae.ipynb #b101bc14
 @torch.no_grad()
