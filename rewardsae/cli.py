@@ -18,7 +18,7 @@ from .pipeline import RunParams, make_explainer, make_params, open_run
 
 # %% auto #0
 __all__ = ['CPU_STAGE_SECONDS', 'demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment',
-           'progress_line', 'show_progress', 'main']
+           'progress_line', 'show_progress', 'train_rl', 'main']
 
 # %% ../nbs/20_cli.ipynb #c2a69e0f
 def demo(model: str = "smollm2-135m", n_reviews: int = 3, seed: int = 0) -> None:
@@ -174,6 +174,16 @@ def show_progress(out: Path, params: RunParams, done: threading.Event, every: fl
         print(file=sys.stderr)
 
 # %% ../nbs/20_cli.ipynb #050f03db
+def train_rl(model: str, reward: str, preset: str, out: str, **overrides) -> Path:
+    "Fine-tune `model` with the RL preset `preset` on `reward` (RLConfig fields in `overrides`); returns the policy folder."
+    from rewardsae import rlhf
+    from rewardsae.models import BUILTINS, resolve_model
+    if model not in BUILTINS:
+        resolve_model(model)   # an unreachable hub id or a missing folder fails here, in one line
+    config = rlhf.preset(preset, model=model, reward=reward, **overrides)
+    return Path(rlhf.train_policy(config, out))
+
+# %% ../nbs/20_cli.ipynb #e2426cf7
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `rewardsae` command."
     p = argparse.ArgumentParser(prog="rewardsae", description="Interpreting reward models in RLHF-tuned LMs with sparse autoencoders")
@@ -190,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="", help="run folder (default runs/<model>-<reward>-<preset>)")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any other experiment parameter, e.g. n_layers=3, ablations=true")
     r.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    t = sub.add_parser("rl", help="only the RL stage: fine-tune a model and write OUT/policy (runs under `accelerate launch`)")
+    t.add_argument("--model", default="smollm2-135m", help="base model: built-in name, local folder or HF id")
+    t.add_argument("--reward", default="utility", help="utility | sentiment")
+    t.add_argument("--preset", default="cpu", help="paper | cpu | smoke")
+    t.add_argument("--out", required=True, help="folder for checkpoints, log, figure and OUT/policy (a killed run resumes)")
+    t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any RLConfig field, e.g. steps=150, lr=1e-5")
     args = p.parse_args(argv)
     try:
         if args.cmd == "demo":
@@ -199,8 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             kw.update(parse_assignments(args.param))
             for params in plan_runs(args.model or ["smollm2-135m"], out=args.out, **kw):
                 run_experiment(params, log_output=args.log_output)
+        elif args.cmd == "rl":
+            policy = train_rl(args.model, args.reward, args.preset, args.out, **parse_assignments(args.param))
+            print(f"policy written to {policy}: analyse it with `rewardsae run --model {args.model} --tuned {policy}`",
+                  file=sys.stderr)
     except (ValueError, TypeError, NotImplementedError, ConnectionError, RuntimeError, ImportError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"rewardsae: error: {msg}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/20_cli.ipynb #9825606b
+if __name__ == "__main__":   # `python -m rewardsae.cli`, as `accelerate launch -m rewardsae.cli` runs it
+    sys.exit(main())

@@ -266,3 +266,24 @@ def test_batchtopk_architecture_and_token_budget(tmp_path, tuned_tiny):
         make_params(sae_arch="jumprelu")
     with pytest.raises(ValueError, match=r"tokens=1000000000 is more than the 12500 IMDb test reviews give at max_length=32"):
         review_texts(make_params(tokens=10**9))
+
+
+def test_rl_command_under_accelerate_launch_writes_a_policy_that_run_takes(tmp_path):
+    import os
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    out = tmp_path / "rl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "-m", "rewardsae.cli", "rl", "--model", "tiny-neox", "--preset", "smoke",
+                        "--out", str(out), "--param", "steps=2"], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "policy" / "config.json").exists() and pd.read_csv(out / "log.csv")["step"].tolist() == [1, 2]
+    run = tmp_path / "analysis"
+    a = subprocess.run([CLI, "run", "--model", "tiny-neox", "--preset", "smoke", "--tuned", str(out / "policy"), "--out", str(run),
+                        "--param", "n_layers=1", "--param", "k_features=2", "--param", "k_table3=2", "--param", "n_completions=4"],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["policy"]["path"] == str(out / "policy")
+    bad = subprocess.run([CLI, "rl", "--model", "tiny-neox", "--preset", "smoke", "--out", str(tmp_path / "x"),
+                          "--param", "colour=1"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown RLConfig field" in bad.stderr
