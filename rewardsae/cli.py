@@ -83,6 +83,10 @@ def plan_runs(models: list[str], out: str = "", **kw) -> list[RunParams]:
         depth = n_blocks(p.model)
         if p.n_layers > depth:
             raise ValueError(f"n_layers={p.n_layers} but {p.model} has {depth} layers")
+        if p.probes:   # a tokenizer that writes no lexicon word as one token cannot make contrast sentences
+            from transformers import AutoTokenizer
+            from rewardsae.probes import contrast_sentences
+            contrast_sentences(AutoTokenizer.from_pretrained(resolve_model(p.model)), n_max=1, min_sentences=1)
         runs.append(p)
     if runs and runs[0].explainer != "tokens":
         make_explainer(runs[0])  # a missing API key, or a local model that is not there or cannot chat, fails now
@@ -212,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             demo(args.model, seed=args.seed)
         elif args.cmd == "run":
             kw = dict(reward=args.reward, preset=args.preset, explainer=args.explainer, tuned=args.tuned)
-            kw.update(parse_assignments(args.param))
+            extra = parse_assignments(args.param)
+            for k in ("model", "out", *kw):
+                if k in extra:
+                    raise ValueError(f"--param {k}=... : {k} has its own option, use --{k}")
+            kw.update(extra)
             for params in plan_runs(args.model or ["smollm2-135m"], out=args.out, **kw):
                 run_experiment(params, log_output=args.log_output)
         elif args.cmd == "rl":

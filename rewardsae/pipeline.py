@@ -21,12 +21,13 @@ from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
-           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params',
-           'open_run', 'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
-           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
-           'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table',
-           'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'versions', 'plan_stages',
-           'collect_figures', 'write_summary', 'stage_ablations', 'report_progress', 'run_all']
+           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'PROBE_SENTENCES', 'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN',
+           'RunParams', 'slug', 'make_params', 'open_run', 'load_model', 'model_paths', 'stage_policy', 'rl_updates',
+           'stage_divergence', 'review_texts', 'extra_reviews', 'stage_activations', 'activation_store',
+           'heldout_split', 'stage_sae', 'feature_freq', 'stage_saes', 'stage_sae_figures', 'stage_sae_checks',
+           'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations', 'stage_table3',
+           'stage_table4', 'stage_probes', 'versions', 'plan_stages', 'collect_figures', 'write_summary',
+           'stage_ablations', 'report_progress', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -77,6 +78,7 @@ class RunParams:
     explainer_model: str = ""         # local: a chat model (default smollm2-135m); openai: the model (default gpt-4)
     n_completions: int = 100          # Table 4 completions per model
     ablations: bool = False           # also run the l1 sweep (Fig. 4) and Tables 6-7
+    probes: bool | None = None        # the later version's feedback probes; empty: on, except in the smoke preset
     seed: int = 0
     out: str = ""                     # run folder; empty: runs/<model>-<reward>-<preset>
 
@@ -102,6 +104,8 @@ class RunParams:
                 setattr(p, k, v)
         if p.topk_lr is None:
             p.topk_lr = ANALYSIS_PRESETS[p.preset]["topk_lr"]
+        if p.probes is None:
+            p.probes = p.preset != "smoke"
         if p.tokens is not None and int(p.tokens) < 1:
             raise ValueError(f"tokens must be at least 1, got {p.tokens}")
         if p.rl_steps is not None and int(p.rl_steps) < 1:
@@ -127,7 +131,7 @@ class RunParams:
 
 _TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "sae_batch_size": int,
           "sae_lr": float, "l1_coef": float, "topk_k": int, "topk_lr": float, "tokens": int, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
-          "n_completions": int, "ablations": bool, "seed": int}
+          "n_completions": int, "ablations": bool, "probes": bool, "seed": int}
 
 
 def slug(name: str) -> str:
@@ -592,6 +596,50 @@ def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
     return cached_stage(run, "table4", {"n": p.n_completions, "seed": p.seed, "sentiment": p.preset != "smoke", "paired": True},
                         compute, deps=(policy,))
 
+# %% ../nbs/14_pipeline.ipynb #188e320e
+PROBE_SENTENCES = 400   # contrast triples (IMDb train first sentences)
+ABLATION_PREFIXES = 60  # test prefixes per ablation condition (at most n_completions)
+
+
+def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage], explained: dict[str, Stage]) -> Stage:
+    "Probes on both models' small dictionaries, their validation, and the ablation of the tuned model's flagged features."
+    import pandas as pd
+    from rewardsae.batchtopk import load_any_sae
+    from rewardsae.probes import ablation_effect, contrast_sentences, probe_dictionaries
+    seed = p.sae_seeds[0]
+    small = {(r, l): s for (r, l, z, sd), s in saes.items() if z == "small" and sd == seed}
+    def compute(folder):
+        import time
+        t0, seconds = time.perf_counter(), {}
+        tok = load_model(p.model)[1]
+        contrast = contrast_sentences(tok, n_max=PROBE_SENTENCES, seed=p.seed)
+        seconds["contrast"] = time.perf_counter() - t0
+        contrast.to_csv(folder / "contrast.csv", index=False)
+        res, rows = {}, []
+        for role in ("base", "rlhf"):
+            model = load_model(model_paths(p, policy)[role])[0]
+            dicts = {l: load_any_sae(st.folder / "sae") for (r, l), st in small.items() if r == role}
+            expl = pd.read_csv(explained[role].folder / "explanations.csv", keep_default_na=False, na_values=[""])
+            t0 = time.perf_counter()
+            out = probe_dictionaries(model, tok, dicts, contrast, expl, p.explainer, k=p.k_table3, seed=p.seed)
+            seconds[f"probe_{role}"] = time.perf_counter() - t0
+            out["words"].to_csv(folder / f"probe_words-{role}.csv", index=False)
+            out["flags"].to_csv(folder / f"flags-{role}.csv", index=False)
+            res[role] = {"probe": out["scores"], "validation": out["validation"],
+                         "flagged": {str(l): v for l, v in out["flagged"].items()}}
+            if role == "rlhf" and out["flagged"]:
+                freq = {l: feature_freq(small[(role, l)]) for l in dicts}
+                abl = ablation_effect(model, tok, dicts, out["flagged"], freq, n=min(p.n_completions, ABLATION_PREFIXES),
+                                      n_random=2, seed=p.seed)
+                abl.to_csv(folder / "ablation.csv", index=False)
+                res[role]["ablation"] = abl.to_dict("records")
+                seconds["ablation"] = time.perf_counter() - t0 - seconds[f"probe_{role}"]
+        return {"n_triples": len(contrast), "dictionaries": "small", "seed": seed, **res,
+                "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    key = {"sentences": PROBE_SENTENCES, "seed": p.seed, "k": p.k_table3, "explainer": p.explainer,
+           "n_completions": min(p.n_completions, ABLATION_PREFIXES), "random_draws": 2, "random": "frequency-matched"}
+    return cached_stage(run, "probes", key, compute, deps=(*small.values(), *explained.values()))
+
 # %% ../nbs/14_pipeline.ipynb #2cdf2971
 def versions() -> dict:
     "Versions of Python and of the libraries a result depends on."
@@ -666,6 +714,7 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
         "explanations": {r: s.result for r, s in (stages.get("explanations") or {}).items()},
         "table4": t4.result["table4"] if t4 else None,
         "ablations": one("ablations").result if one("ablations") else None,
+        "probes": one("probes").result if one("probes") else None,
         "timings": {k: round(v, 1) for k, v in (timings or {}).items()},
         "stage_seconds": {s.folder.name: s.seconds for s in plan},
         "versions": versions(),
@@ -708,11 +757,35 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
                "output / from the dictionary's features; `kept` = their ratio. `ce_loss_recovered`: (CE_zero − CE_sae) / "
                f"(CE_zero − CE_clean) with the reconstruction spliced in, on {CE_DOCS} held-out reviews.\n",
                _table(summary["sae_checks"])]
+    if summary["probes"]:
+        md += [_probes_section(summary["probes"], params)]
     md += ["\n## MMCS, large vs small dictionary\n", _table(summary["mmcs"])]
     md += ["\n## Base vs RLHF large dictionaries (floor: base seed vs base seed)\n", _table(summary["base_vs_rlhf"])]
     md += ["\n## Stage timings (s)\n", _table([{"stage": k, "seconds": float(v)} for k, v in summary["stage_seconds"].items()], floatfmt=".1f")]
     atomic_write_text(run / "report.md", "\n".join(md))
     return summary
+
+
+def _probes_section(pr: dict, params: RunParams) -> str:
+    "The report's section on the feedback probes (chapter 12a)."
+    roles = [r for r in ("base", "rlhf") if r in pr]
+    fmt = lambda ci: f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+    probe = [{"model": r, "tau": pr[r]["probe"]["tau"], "tau 95% CI": fmt(pr[r]["probe"]["tau_ci"]),
+              "random tau": pr[r]["probe"]["random_tau_mean"], "random 95%": fmt(pr[r]["probe"]["random_tau_ci"]),
+              **{k: pr[r]["probe"][k] for k in ("tau_neg", "sign_acc_pos", "sign_acc_neg", "n_words", "n_test")}} for r in roles]
+    val = [{"model": r, **pr[r]["validation"]} for r in roles if pr[r].get("validation")]
+    out = [f"\n## Feedback probes (later version), small dictionaries, seed {pr['seed']}, {pr['n_triples']} contrast sentences\n",
+           "Kendall tau between the probe's per-word value and VADER on the 20% test split; random: 100 random linear probes. "
+           "Flagged: features whose description is reward-related (`rewardsae.probes.reward_related`, "
+           f"`{params.explainer}` explainer); `fire_high/low`: firing rate on the test inputs the probe scores highest / lowest "
+           "(quarters of |prediction|).\n", _table(probe), _table(val)]
+    abl = pr.get("rlhf", {}).get("ablation")
+    if abl:
+        out += ["Ablation in the tuned model: mean completion utility (Table 4 protocol) with the flagged features' codes "
+                "zeroed vs as many random live features; change against no ablation with paired 95% interval.\n", _table(abl)]
+    elif "rlhf" in pr:
+        out += ["No feature of the tuned model was flagged: nothing to ablate.\n"]
+    return "\n".join(out)
 
 
 def _mean_rows(rows: list[dict], by: list[str], vals: list[str]) -> list[dict]:
@@ -779,7 +852,10 @@ def run_all(params: RunParams) -> dict:
     if p.explainer != "tokens":
         make_explainer(p)   # a missing API key fails now, not after an hour of training
     timings, st = {}, {}
-    plan = PLAN + (("ablations",) if p.ablations else ())
+    if p.probes:   # a tokenizer that cannot make contrast sentences fails now, not after the dictionaries
+        from rewardsae.probes import contrast_sentences
+        contrast_sentences(load_model(p.model)[1], n_max=1, min_sentences=1)
+    plan = PLAN + (("probes",) if p.probes else ()) + (("ablations",) if p.ablations else ())
     report_progress(run, plan=list(plan), done=[], stage=None, part=None)
     def step(name, fn, *a):
         report_progress(run, stage=name, part=None, started=time.time())
@@ -798,6 +874,8 @@ def run_all(params: RunParams) -> dict:
     step("explanations", lambda: {r: stage_explanations(p, run, r, st["activations"][r], st["saes"], st["mmcs"]) for r in ("base", "rlhf")})
     step("table3", stage_table3, p, run, st["explanations"])
     step("table4", stage_table4, p, run, st["policy"])
+    if p.probes:
+        step("probes", stage_probes, p, run, st["policy"], st["saes"], st["explanations"])
     if p.ablations:
         step("ablations", stage_ablations, p, run, st["policy"], st["divergence"], st["activations"])
     st["summary"] = write_summary(p, run, st, timings)

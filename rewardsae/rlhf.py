@@ -337,11 +337,14 @@ def test_prefixes(tokenizer, n: int = 100, prefix_tokens: int = 30, seed: int = 
 
 def generate_completions(model_name_or_path, prefixes: Sequence[str], seed: int = 0, min_new_tokens: int = 8,
                          max_new_tokens: int = 20, batch_size: int = 20, progress: bool = True) -> list[str]:
-    "One sampled completion (top_k 0, top_p 1) per prefix; batch i is sampled after `torch.manual_seed(seed + i)`."
-    model, tok = load_causal_lm(model_name_or_path)
-    tok.padding_side = "left"
+    """One sampled completion (top_k 0, top_p 1) per prefix; batch i is sampled after `torch.manual_seed(seed + i)`.
+    `model_name_or_path` may also be an already loaded `(model, tokenizer)` pair (e.g. a model with hooks)."""
+    loaded = isinstance(model_name_or_path, tuple)
+    model, tok = model_name_or_path if loaded else load_causal_lm(model_name_or_path)
+    name = type(model).__name__ if loaded else Path(str(model_name_or_path)).name
+    side, tok.padding_side = tok.padding_side, "left"
     out = []
-    for i, start in enumerate(tqdm(range(0, len(prefixes), batch_size), desc=f"completing ({Path(str(model_name_or_path)).name})",
+    for i, start in enumerate(tqdm(range(0, len(prefixes), batch_size), desc=f"completing ({name})",
                                    disable=not progress, leave=False)):
         enc = tok(list(prefixes[start:start + batch_size]), return_tensors="pt", padding=True).to(model.device)
         torch.manual_seed(seed + i)
@@ -349,7 +352,7 @@ def generate_completions(model_name_or_path, prefixes: Sequence[str], seed: int 
             ids = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, min_new_tokens=min_new_tokens,
                                  max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
         out.extend(tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    del model
+    tok.padding_side = side
     return out
 
 

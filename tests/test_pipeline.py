@@ -218,7 +218,9 @@ def test_cli_refuses_bad_parameters_and_a_mismatched_tuned_model_before_any_work
     cases = [(["--tuned", str(wide)], "hidden_size is 128, not 64"),
              (["--param", "n_layers=abc"], "n_layers must be an integer, got 'abc'"),
              (["--param", "n_layers=9"], "n_layers=9 but tiny-neox has 4 layers"),
-             (["--param", "heldout_frac=1.5"], "heldout_frac must be between 0 and 1")]
+             (["--param", "heldout_frac=1.5"], "heldout_frac must be between 0 and 1"),
+             (["--param", "out=elsewhere"], "out has its own option, use --out"),
+             (["--param", "probes=true", "--param", "n_layers=2"], "the tokenizer writes too few lexicon words as one token")]
     for extra, msg in cases:
         out = tmp_path / "r"
         r = subprocess.run([CLI, "run", "--model", "tiny-neox", "--preset", "smoke", "--out", str(out), *extra],

@@ -81,3 +81,75 @@ def test_last_position_features_take_the_last_real_token():
     assert np.allclose(both[1], alone[0], atol=1e-5)
     two = last_position_features(model, tok, {1: Identity(), 3: Identity()}, texts)
     assert two.shape == (2, 2 * model.config.hidden_size) and np.allclose(two[:, :model.config.hidden_size], both, atol=1e-5)
+
+
+def test_reward_related_rule():
+    from rewardsae.probes import reward_related
+    t = {"great": 3.1, "like": 2.0, "ok": 0.9}
+    assert reward_related('Fires on "great" (mean 2.0, 5% of activation), "the" (mean 1.0, 3%).', "tokens", t)
+    assert not reward_related('Fires on "ok" (mean 2.0), "the" (mean 1.0).', "tokens", t)      # |0.9| < 1
+    assert not reward_related('Fires on "the", great words', "tokens", t)                     # only quoted tokens count
+    assert reward_related("Positive remarks about the acting", "local", t)                     # a sentiment word
+    assert not reward_related("Words like 'the' and 'a'", "local", t)                          # "like" is a meta word
+    assert not reward_related("", "local", t) and not reward_related(float("nan"), "tokens", t)
+
+
+def test_flag_features_and_columns():
+    from rewardsae.probes import feature_columns, flag_features
+    ex = pd.DataFrame({"seed": [0, 0, 0, 1], "rank": [1, 2, 31, 1], "layer": [3, 3, 3, 3], "large_idx": [5, 6, 7, 8],
+                       "small_idx": [1, 2, 3, 4], "status": ["ok", "dead", "ok", "ok"],
+                       "description": ['"great"', '"great"', '"great"', '"great"']})
+    f = flag_features(ex, "tokens", k=30)
+    assert f.flagged.tolist() == [True, False]          # rank 31 and seed 1 left out; a dead feature is never flagged
+    assert feature_columns({3: 4, 5: 10}, {5: [2, 0], 3: [1]}).tolist() == [1, 4, 6]
+
+
+def test_validation_finds_the_features_that_carry_a_planted_target():
+    from rewardsae.probes import validate_probe
+    g = np.random.default_rng(0)
+    X = np.abs(g.normal(size=(400, 12))) * (g.random((400, 12)) < 0.5)
+    sign = np.where(np.arange(400) < 200, 1, -1)
+    y = X[:, :3].sum(1) * sign
+    _, t = fit_probe(X * sign[:, None], y, np.array([f"w{i}" for i in range(400)]), y, seed=0)
+    v = validate_probe(X, t, [0, 1, 2])
+    assert v["flagged_weight_share"] > 0.9 and v["flagged_column_share"] == 0.25
+    assert v["flagged_fire_high"] > v["flagged_fire_low"]
+    w = validate_probe(X, t, [6, 7, 8])                 # three features unrelated to the target
+    assert w["flagged_weight_share"] < 0.2
+
+
+def test_ablating_a_live_feature_changes_the_output_and_a_dead_one_does_not():
+    from rewardsae.activations import _hook_point
+    from rewardsae.models import load_causal_lm
+    from rewardsae.probes import ablate_features
+    from rewardsae.sae import SparseAutoencoder
+    model, tok = load_causal_lm("tiny-neox")
+    d = model.config.hidden_size
+    sae = SparseAutoencoder(d, 4, seed=0)
+    e = torch.zeros(d); e[3] = 1.0
+    with torch.no_grad():
+        sae.W.zero_(); sae.W[0] = e; sae.W[1] = e; sae.b_enc.copy_(torch.tensor([0.5, -1e4, -1e4, -1e4]))
+    enc = tok(["a great film, truly"], return_tensors="pt")
+    def run(latents):
+        got = {}
+        with torch.no_grad(), ablate_features(model, {2: sae}, latents):
+            h = _hook_point(model, 2, "mlp").register_forward_hook(lambda m, i, o: got.update(o=o.clone()))
+            logits = model(**enc).logits
+            h.remove()
+        return got["o"], logits
+    o0, l0 = run({})
+    o1, l1 = run({2: [0]})
+    o2, l2 = run({2: [1]})
+    assert torch.allclose(o1 - o0, -torch.relu(o0 @ e + 0.5)[..., None] * e, atol=1e-5)   # exactly its f·d removed
+    assert (l1 - l0).abs().max() > 1e-4 and torch.equal(l2, l0)
+    o3, l3 = run({})                                     # the hooks are gone after the block
+    assert torch.equal(l3, l0)
+
+
+def test_random_latents_match_the_flagged_counts_and_firing_frequency():
+    from rewardsae.probes import random_latents
+    freq = {1: np.array([0.5, 0.5, 0.0, 0.4, 0.6, 1e-4, 2e-4, 3e-4, 0.45, 0.55]), 4: np.array([0.1, 0.2, 0.3])}
+    r = random_latents({1: [0, 1], 4: [2]}, freq, seed=0, pool=3)
+    assert len(r[1]) == 2 and set(r[1]) <= {3, 4, 8, 9} and r[4] in ([0], [1])     # never dead (2) nor rare (5-7)
+    with pytest.raises(ValueError, match="layer 4: 3 flagged latents but only 0"):
+        random_latents({4: [0, 1, 2]}, freq, seed=0)
