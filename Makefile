@@ -38,7 +38,20 @@ notebooks: $(STAMP)
 
 # SAELens (the `bench` extra) pulls wandb, transformer-lens, plotly, ... : it goes in its own venv, .venv-bench,
 # so the project's venv never sees it. Same torch, and constraints.txt + bench/constraints-bench.txt pin the rest.
-bench:
+# dictionary-learning 0.1.0 (bench/bench_batchtopk.py runs it as a subprocess) gets a venv of its own, .venv-bench-dl:
+# its nnsight 0.3 pulls torchvision, whose PyPI build breaks transformers on a CPU torch, so torchvision is
+# uninstalled again there (nothing the benchmark runs imports it); bench/constraints-bench-dl.txt pins the rest.
+BENCH_DL := .venv-bench-dl/.installed
+$(BENCH_DL): constraints.txt bench/constraints-bench-dl.txt
+	test -x .venv-bench-dl/bin/python || $(PYTHON) -m venv .venv-bench-dl
+	echo "*" > .venv-bench-dl/.gitignore
+	.venv-bench-dl/bin/python -m pip install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench-dl/bin/python -m pip install -q -c constraints.txt -c bench/constraints-bench-dl.txt "$(TORCH)" dictionary-learning==0.1.0 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench-dl/bin/python -m pip uninstall -q -y torchvision 2>&1 | grep -v '^WARNING: Location' || true
+	.venv-bench-dl/bin/python -c "from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer; from dictionary_learning.training import trainSAE" || { echo "bench setup failed: dictionary-learning does not import"; exit 1; }
+	touch $(BENCH_DL)
+
+bench: $(BENCH_DL)
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
 	.venv-bench/bin/python -m pip install -q -c constraints.txt -c bench/constraints-bench.txt -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true

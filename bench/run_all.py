@@ -1,5 +1,6 @@
 """Every benchmark in one go (what `make bench` runs): activation harvesting (throughput and memory), SAE training
-against SAELens and the matmul peak on the harvested real activations, and the stage timings of finished runs.
+against SAELens and the matmul peak on the harvested real activations, BatchTopK SAE training against SAELens and
+dictionary-learning (its venv: .venv-bench-dl), and the stage timings of finished runs.
 Each benchmark runs in its own process with the same thread count; JSON results go to bench/results/.
 
     python bench/run_all.py                 # the sizes BENCHMARKS.md reports
@@ -48,12 +49,18 @@ def main(argv=None) -> None:
                 "--repeats", "1", "--workdir", str(work), "--keep-store", str(store), "--json", str(out / "quick_harvest.json"), *th)
             run("bench_sae.py", "--store", str(store), "--batch-size", "64", "--epochs", "1", "--repeats", "1",
                 "--json", str(out / "quick_sae.json"), *th)
+            run("bench_batchtopk.py", "--store", str(store), "--batch-size", "64", "--steps", "4", "--heldout", "64",
+                "--repeats", "1", "--json", str(out / "quick_batchtopk.json"), *th)
         else:
             run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "4", "--workdir", str(work),
                 "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
             run("bench_sae.py", "--store", str(store), "--epochs", "4", "--repeats", "3", "--json", str(out / "sae.json"), *th)
             run("bench_sae.py", "--store", str(store), "--batch-size", "512", "--epochs", "2", "--repeats", "2",
                 "--json", str(out / "sae_batch512.json"), *th)
+            run("bench_batchtopk.py", "--store", str(store), "--steps", "64", "--repeats", "3",
+                "--json", str(out / "batchtopk.json"), *th)
+            run("bench_batchtopk.py", "--store", str(store), "--batch-size", "512", "--steps", "256", "--repeats", "3",
+                "--json", str(out / "batchtopk_batch512.json"), *th)
             run("bench_adam.py", "--store", str(store), "--json", str(out / "adam.json"), *th)
             run("bench_sae.py", "--epochs", "4", "--repeats", "2", "--json", str(out / "sae_synthetic.json"), *th)
         run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
