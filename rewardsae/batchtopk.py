@@ -193,15 +193,23 @@ def _bag_offsets(keys: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def batchtopk_step_grads(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor | None = None,
-                         aux_coef: float = 1 / 32, k_aux: int | None = None):
+                         aux_coef: float = 1 / 32, k_aux: int | None = None, score_weight: torch.Tensor | None = None):
     """Set `.grad` of every parameter to the gradient of `sae.loss` on batch `x` (decoder-parallel part not yet
     removed). Returns `(loss, sse, counts, smallest_kept)`: `sse` of the main reconstruction, `counts` how
-    often each latent fired in the batch, `smallest_kept` the smallest positive kept activation."""
+    often each latent fired in the batch, `smallest_kept` the smallest positive kept activation. With
+    `score_weight` (a positive weight per latent, e.g. a crosscoder's summed decoder norms) the batch top-k and the
+    AuxK top-k pick by `ReLU(pre) · score_weight` and `smallest_kept` is the smallest kept *score*."""
     B, d = x.shape
     m = sae.d_hidden
     xc = x - sae.b_dec if sae.apply_b_dec_to_input else x
     pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                    # the one dense (B × d_sae) product left
-    idx, v = batch_topk_indices(pre, int(sae.k * B))               # ascending flat indices: row-major order
+    if score_weight is None:
+        idx, v = batch_topk_indices(pre, int(sae.k * B))           # ascending flat indices: row-major order
+        smallest = v.min() if v.numel() else pre.new_zeros(())
+    else:
+        idx, sv = batch_topk_indices(pre * score_weight, int(sae.k * B))
+        v = pre.view(-1)[idx]
+        smallest = sv.min() if sv.numel() else pre.new_zeros(())
     rows, cols = idx // m, idx % m
     # x_hat = f W_dec + b_dec, as a sum of v-weighted decoder rows per token (f stays sparse)
     x_hat = F.embedding_bag(cols, sae.W_dec, _bag_offsets(rows, B), mode="sum", per_sample_weights=v)
@@ -216,7 +224,11 @@ def batchtopk_step_grads(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor 
             k_aux = k_aux or sae.d_in // 2
             scale = min(n_dead / k_aux, 1.0)
             pre_d = pre.index_select(1, dead_idx)
-            va, ja = pre_d.topk(min(k_aux, n_dead), dim=1, sorted=False)
+            if score_weight is None:
+                va, ja = pre_d.topk(min(k_aux, n_dead), dim=1, sorted=False)
+            else:
+                ja = (pre_d * score_weight[dead_idx]).topk(min(k_aux, n_dead), dim=1, sorted=False).indices
+                va = pre_d.gather(1, ja)
             z = torch.zeros_like(pre_d).scatter_(1, ja, va)
             sel = torch.zeros_like(pre_d, dtype=torch.bool).scatter_(1, ja, True)
             W_d = sae.W_dec.index_select(0, dead_idx)
@@ -246,7 +258,7 @@ def batchtopk_step_grads(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor 
         gb_dec -= sae.W_enc @ gb_enc
     sae.b_dec.grad = gb_dec
     counts = torch.bincount(cols, minlength=m)
-    return loss, sse, counts, (v.min() if v.numel() else pre.new_zeros(()))
+    return loss, sse, counts, smallest
 
 
 @torch.no_grad()

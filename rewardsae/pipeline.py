@@ -21,13 +21,14 @@ from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
-           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'PROBE_SENTENCES', 'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN',
-           'RunParams', 'slug', 'make_params', 'open_run', 'load_model', 'model_paths', 'stage_policy', 'rl_updates',
-           'stage_divergence', 'review_texts', 'extra_reviews', 'stage_activations', 'activation_store',
-           'heldout_split', 'stage_sae', 'feature_freq', 'stage_saes', 'stage_sae_figures', 'stage_sae_checks',
-           'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations', 'stage_table3',
-           'stage_table4', 'stage_probes', 'versions', 'plan_stages', 'collect_figures', 'write_summary',
-           'stage_ablations', 'report_progress', 'run_all']
+           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES',
+           'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params', 'open_run',
+           'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
+           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
+           'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table',
+           'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff', 'stage_probes',
+           'versions', 'plan_stages', 'collect_figures', 'write_summary', 'stage_ablations', 'report_progress',
+           'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -79,6 +80,8 @@ class RunParams:
     n_completions: int = 100          # Table 4 completions per model
     ablations: bool = False           # also run the l1 sweep (Fig. 4) and Tables 6-7
     probes: bool | None = None        # the later version's feedback probes; empty: on, except in the smoke preset
+    model_diff: bool | None = None    # crosscoder, diff-SAE, reward scan per selected layer; empty: on, except in smoke
+    diff_layers: int = 2              # model_diff on this many of the selected layers (highest divergence first)
     seed: int = 0
     out: str = ""                     # run folder; empty: runs/<model>-<reward>-<preset>
 
@@ -106,6 +109,8 @@ class RunParams:
             p.topk_lr = ANALYSIS_PRESETS[p.preset]["topk_lr"]
         if p.probes is None:
             p.probes = p.preset != "smoke"
+        if p.model_diff is None:
+            p.model_diff = p.preset != "smoke"
         if p.tokens is not None and int(p.tokens) < 1:
             raise ValueError(f"tokens must be at least 1, got {p.tokens}")
         if p.rl_steps is not None and int(p.rl_steps) < 1:
@@ -113,7 +118,7 @@ class RunParams:
         if not 0 < float(p.heldout_frac) < 1:
             raise ValueError(f"heldout_frac must be between 0 and 1 (exclusive), got {p.heldout_frac}")
         for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions",
-                     "min_firing_docs"):
+                     "min_firing_docs", "diff_layers"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
         if p.explainer == "tokens" and p.explainer_model:
@@ -131,7 +136,7 @@ class RunParams:
 
 _TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "sae_batch_size": int,
           "sae_lr": float, "l1_coef": float, "topk_k": int, "topk_lr": float, "tokens": int, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
-          "n_completions": int, "ablations": bool, "probes": bool, "seed": int}
+          "n_completions": int, "ablations": bool, "probes": bool, "model_diff": bool, "diff_layers": int, "seed": int}
 
 
 def slug(name: str) -> str:
@@ -596,6 +601,71 @@ def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
     return cached_stage(run, "table4", {"n": p.n_completions, "seed": p.seed, "sentiment": p.preset != "smoke", "paired": True},
                         compute, deps=(policy,))
 
+# %% ../nbs/14_pipeline.ipynb #a9e54156
+CC_SIZE, DIFF_K, CC_LR, TOP_DIFF = 4, 8, 1e-3, 10
+
+
+def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict[tuple, Stage], layers: list[int]) -> Stage:
+    "Crosscoder, diff-SAE, latent classes, Latent Scaling and the reward scan at each selected layer; tables of changed latents."
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from rewardsae.batchtopk import load_any_sae, save_batchtopk
+    from rewardsae.crosscoder import paired_activations, plot_relative_norms, save_crosscoder
+    from rewardsae.examples import encode_features, feature_examples_many
+    from rewardsae.explain import explain_features
+    from rewardsae.model_diff import PairedRows, diff_layer
+    from rewardsae.scores import token_word_utilities
+    seed = p.sae_seeds[0]
+    large = {(r, l): saes[(r, l, "large", seed)] for r in ("base", "rlhf") for l in layers}
+    def compute(folder):
+        sb, st = activation_store(acts["base"]), activation_store(acts["rlhf"])
+        split = heldout_split(sb, p.heldout_frac)
+        tok = load_model(p.model)[1]
+        u = token_word_utilities(sb.token_id, sb.doc, tok, pos=sb.pos)
+        explainer = make_explainer(p)
+        out, rels, scans, tables = {}, {}, [], []
+        for i, layer in enumerate(layers):
+            report_progress(run, part=f"layer {layer}", part_done=i, part_total=len(layers))
+            xb, xt = paired_activations(sb, st, layer)
+            r = diff_layer(xb, xt, split, u, CC_SIZE * xb.shape[1], k=p.topk_k, lr=CC_LR, epochs=p.sae_epochs,
+                           batch_size=p.sae_batch_size, seed=seed, diff_k=DIFF_K, diff_lr=p.topk_lr, name=f"L{layer}",
+                           saes={"base SAE": load_any_sae(large[("base", layer)].folder / "sae"),
+                                 "tuned SAE": load_any_sae(large[("rlhf", layer)].folder / "sae")}, progress=False)
+            save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": "mlp_out"})
+            save_batchtopk(r["diff_sae"], folder / f"diff_sae-L{layer}", metadata={"hook_layer": layer, "model_name": "tuned - base"})
+            lat = r["latents"]
+            lat.to_csv(folder / f"latents-L{layer}.csv", index=False)
+            r["scaling"].to_csv(folder / f"latent_scaling-L{layer}.csv", index=False)
+            rels[f"layer {layer}"] = lat.relative_norm[lat.freq > 0].to_numpy()
+            scans.append(r["scan"].assign(layer=layer))
+            tuned_only = lat[lat["class"] == "tuned_only"].nlargest(TOP_DIFF, "tuned_write").assign(kind="tuned_only")
+            changed = lat[(lat["class"] != "tuned_only") & (lat.freq >= 1e-3)].nlargest(TOP_DIFF, "decoder_change").assign(kind="changed")
+            pick = pd.concat([tuned_only, changed])
+            if len(pick):
+                feats = pick.latent.tolist()
+                F = encode_features(r["crosscoder"].encode, PairedRows(xb, xt), features=feats, progress=False)
+                ex = feature_examples_many(F, sb.doc, sb.pos, sb.token_id, tok, features=feats, seed=seed, progress=False)
+                desc = explain_features(explainer, ex, progress=False, min_firing_docs=1).set_index("feature")
+                pick = pick.assign(layer=layer, description=[desc.description.get(f, "") for f in feats],
+                                   status=[desc.status.get(f, "") for f in feats])
+                pick = pick.merge(r["scaling"][["latent", "nu_eps", "nu_r", "passes"]], on="latent", how="left")
+                tables.append(pick)
+            out[str(layer)] = r["summary"]
+        plt.close(plot_relative_norms(rels, path=folder / "relative_norms"))
+        scan = pd.concat(scans, ignore_index=True)
+        scan.to_csv(folder / "reward_scan.csv", index=False)
+        cols = ["layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "passes", "freq", "r",
+                "mean_u_firing", "description"]
+        table = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
+        table.to_csv(folder / "changed_latents.csv", index=False)
+        return {"layers": out, "reward_scan": scan.to_dict("records"), "changed_latents": table.to_dict("records"),
+                "rules": {"classes": "tuned-only > 0.9, base-only < 0.1, shared 0.4-0.6 (relative decoder norm)",
+                          "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3",
+                          "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
+    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": p.topk_lr, "epochs": p.sae_epochs,
+           "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF}
+    return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
+
 # %% ../nbs/14_pipeline.ipynb #188e320e
 PROBE_SENTENCES = 400   # contrast triples (IMDb train first sentences)
 ABLATION_PREFIXES = 60  # test prefixes per ablation condition (at most n_completions)
@@ -715,6 +785,7 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
         "table4": t4.result["table4"] if t4 else None,
         "ablations": one("ablations").result if one("ablations") else None,
         "probes": one("probes").result if one("probes") else None,
+        "model_diff": one("model_diff").result if one("model_diff") else None,
         "timings": {k: round(v, 1) for k, v in (timings or {}).items()},
         "stage_seconds": {s.folder.name: s.seconds for s in plan},
         "versions": versions(),
@@ -757,6 +828,8 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
                "output / from the dictionary's features; `kept` = their ratio. `ce_loss_recovered`: (CE_zero − CE_sae) / "
                f"(CE_zero − CE_clean) with the reconstruction spliced in, on {CE_DOCS} held-out reviews.\n",
                _table(summary["sae_checks"])]
+    if summary["model_diff"]:
+        md += [_model_diff_section(summary["model_diff"])]
     if summary["probes"]:
         md += [_probes_section(summary["probes"], params)]
     md += ["\n## MMCS, large vs small dictionary\n", _table(summary["mmcs"])]
@@ -764,6 +837,22 @@ def write_summary(params: RunParams, run: Path, stages: dict, timings: dict | No
     md += ["\n## Stage timings (s)\n", _table([{"stage": k, "seconds": float(v)} for k, v in summary["stage_seconds"].items()], floatfmt=".1f")]
     atomic_write_text(run / "report.md", "\n".join(md))
     return summary
+
+
+def _model_diff_section(md: dict) -> str:
+    "The report's section on model diffing (chapters 8a, 8b)."
+    rows = [{"layer": l, **{f"cc_{k}": v for k, v in r["crosscoder"].items() if k in ("fvu_base", "fvu_tuned", "l0", "dead_frac")},
+             **r["classes"], "scaling_pass": r["tuned_only_pass_scaling"], "scaling_fail": r["tuned_only_fail_scaling"],
+             "diff_sae_fvu": r["diff_sae"].get("fvu")} for l, r in md["layers"].items()]
+    scan = [{k: r[k] for k in ("layer", "dictionary", "n_latents", "n_alive", "n_tracks", "max_abs_r")} for r in md["reward_scan"]]
+    ch = [{k: r.get(k) for k in ("layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "freq", "r",
+                                  "mean_u_firing", "description")} for r in md["changed_latents"]]
+    return "\n".join([
+        "\n## Model diffing: crosscoder, diff-SAE and the reward scan (held-out reviews)\n",
+        f"Rules: classes by {md['rules']['classes']}; Latent Scaling {md['rules']['latent_scaling']}; a latent tracks the "
+        f"reward when {md['rules']['tracks_reward']}.\n", _table(rows),
+        "\n### Reward scan over every latent\n", _table(scan),
+        "\n### Tuned-only and most changed latents\n", _table(ch)])
 
 
 def _probes_section(pr: dict, params: RunParams) -> str:
@@ -855,7 +944,8 @@ def run_all(params: RunParams) -> dict:
     if p.probes:   # a tokenizer that cannot make contrast sentences fails now, not after the dictionaries
         from rewardsae.probes import contrast_sentences
         contrast_sentences(load_model(p.model)[1], n_max=1, min_sentences=1)
-    plan = PLAN + (("probes",) if p.probes else ()) + (("ablations",) if p.ablations else ())
+    plan = (PLAN + (("model_diff",) if p.model_diff else ()) + (("probes",) if p.probes else ())
+            + (("ablations",) if p.ablations else ()))
     report_progress(run, plan=list(plan), done=[], stage=None, part=None)
     def step(name, fn, *a):
         report_progress(run, stage=name, part=None, started=time.time())
@@ -874,6 +964,8 @@ def run_all(params: RunParams) -> dict:
     step("explanations", lambda: {r: stage_explanations(p, run, r, st["activations"][r], st["saes"], st["mmcs"]) for r in ("base", "rlhf")})
     step("table3", stage_table3, p, run, st["explanations"])
     step("table4", stage_table4, p, run, st["policy"])
+    if p.model_diff:
+        step("model_diff", stage_model_diff, p, run, st["activations"], st["saes"], layers[:p.diff_layers])
     if p.probes:
         step("probes", stage_probes, p, run, st["policy"], st["saes"], st["explanations"])
     if p.ablations:

@@ -289,3 +289,17 @@ def test_rl_command_under_accelerate_launch_writes_a_policy_that_run_takes(tmp_p
     bad = subprocess.run([CLI, "rl", "--model", "tiny-neox", "--preset", "smoke", "--out", str(tmp_path / "x"),
                           "--param", "colour=1"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown RLConfig field" in bad.stderr
+
+
+def test_model_diff_of_a_model_against_itself_finds_no_change(tmp_path):
+    "Base vs an unmodified copy: no tuned-only or base-only crosscoder latent, and a diff-SAE that never fires (x_tuned − x_base = 0)."
+    st = run_all(make_params(tuned="tiny-neox", out=str(tmp_path / "same"), model_diff=True, n_docs=80, max_length=32,
+                             **{k: v for k, v in SMALL.items() if k != "n_layers"}, n_layers=1))
+    md = st["summary"]["model_diff"]
+    for layer, r in md["layers"].items():
+        assert r["classes"]["tuned_only"] == 0 and r["classes"]["base_only"] == 0, r["classes"]
+    scan = {(r["layer"], r["dictionary"]): r for r in md["reward_scan"]}
+    assert all(r["n_alive"] == 0 for (l, d), r in scan.items() if d == "diff_sae")
+    base, tuned = [{(l, d): r["n_tracks"] for (l, d), r in scan.items() if d == name} for name in ("base SAE", "tuned SAE")]
+    assert list(base.values()) == list(tuned.values())          # the same activations: the same scan
+    assert (st["model_diff"].folder / "relative_norms.png").exists() and "## Model diffing" in (tmp_path / "same" / "report.md").read_text()
