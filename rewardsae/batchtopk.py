@@ -193,16 +193,22 @@ def _bag_offsets(keys: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def batchtopk_step_grads(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor | None = None,
-                         aux_coef: float = 1 / 32, k_aux: int | None = None, score_weight: torch.Tensor | None = None):
+                         aux_coef: float = 1 / 32, k_aux: int | None = None, score_weight: torch.Tensor | None = None,
+                         low=None):
     """Set `.grad` of every parameter to the gradient of `sae.loss` on batch `x` (decoder-parallel part not yet
     removed). Returns `(loss, sse, counts, smallest_kept)`: `sse` of the main reconstruction, `counts` how
     often each latent fired in the batch, `smallest_kept` the smallest positive kept activation. With
     `score_weight` (a positive weight per latent, e.g. a crosscoder's summed decoder norms) the batch top-k and the
-    AuxK top-k pick by `ReLU(pre) · score_weight` and `smallest_kept` is the smallest kept *score*."""
+    AuxK top-k pick by `ReLU(pre) · score_weight` and `smallest_kept` is the smallest kept *score*. With `low`
+    (torch.bfloat16) the two dense products (encoder, and the decoder's gradient to the codes) are multiplied in that
+    precision; weights, sparse sums, the loss and Adam stay fp32."""
     B, d = x.shape
     m = sae.d_hidden
     xc = x - sae.b_dec if sae.apply_b_dec_to_input else x
-    pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                    # the one dense (B × d_sae) product left
+    if low is None:
+        pre = torch.addmm(sae.b_enc, xc, sae.W_enc)                # the one dense (B × d_sae) product left
+    else:
+        pre = (xc.to(low) @ sae.W_enc.to(low)).float().add_(sae.b_enc)
     if score_weight is None:
         idx, v = batch_topk_indices(pre, int(sae.k * B))           # ascending flat indices: row-major order
         smallest = v.min() if v.numel() else pre.new_zeros(())
@@ -237,7 +243,8 @@ def batchtopk_step_grads(sae: BatchTopKSAE, x: torch.Tensor, dead: torch.Tensor 
             loss = loss + c * r_aux.pow(2).sum()
             aux = (dead_idx, z, sel, W_d, r_aux.mul_(2 * c))         # r_aux becomes dL/de_hat
     g = r.mul_(2.0 / (B * d))                                        # dL/dx_hat
-    dv = (g @ sae.W_dec.T).view(-1)[idx]                             # dL/dpre at the kept entries
+    gW = g @ sae.W_dec.T if low is None else (g.to(low) @ sae.W_dec.T.to(low)).float()
+    dv = gW.view(-1)[idx]                                            # dL/dpre at the kept entries
     # per-latent sums over the tokens where it is kept: bags by latent
     order = torch.argsort(cols, stable=True)
     rows_c, off_c = rows[order], _bag_offsets(cols[order], m)
@@ -294,15 +301,19 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                     name: str | None = None, layer: int | None = None, progress: bool = True,
                     log_every: int | None = None, k_aux: int | None = None, dead_steps: int = 5,
                     threshold_lr: float = 0.01, calibrate_batches: int = 16, device: str | None = None,
-                    chunk_bytes: int = 256 * 2**20, check_every: int = 64) -> tuple[BatchTopKSAE, pd.DataFrame]:
+                    chunk_bytes: int = 256 * 2**20, check_every: int = 64,
+                    compute_dtype: str = "float32") -> tuple[BatchTopKSAE, pd.DataFrame]:
     """Train a `BatchTopKSAE` on (n_tokens × d_in) activations (torch tensor, numpy array or memmap); returns
     `(sae, metrics)`. The SAE takes raw activations (the input scale is folded in) and is in eval mode
     (JumpReLU). `lr=None` is Gao et al.'s `2e-4 / sqrt(d_sae / 16384)`. `metrics` has the columns of
     `train_sae` (`epoch`, `mse` in raw units, `fvu`, `l0`, `dead_frac`; with `log_every`, one row per
     `log_every` steps and a `step` column) plus `threshold` (the running average, raw units) and `aux_loss`
     (the AuxK term, scaled units); `l0` and `dead_frac` are of the training (batch top-k) codes. The inference threshold is calibrated on
-    `calibrate_batches` batches with the final weights (0: keep the running average)."""
+    `calibrate_batches` batches with the final weights (0: keep the running average). `compute_dtype`: `float32`,
+    `bfloat16` (the dense products in bf16, all else fp32) or `auto` (bf16 where this machine multiplies faster in it)."""
+    from rewardsae.precision import resolve_dtype
     name = name or (f"layer {layer}" if layer is not None else "activations")
+    low = resolve_dtype(compute_dtype)
     a, n, d_in = _as_2d(activations, name)
     if not isinstance(d_sae, (int, np.integer)) or isinstance(d_sae, bool) or d_sae <= 0:
         raise ValueError(f"{name}: d_sae must be a positive integer, got {d_sae!r}")
@@ -333,7 +344,8 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
     sae.metadata.update({"architecture_trained": "batchtopk", "k": k, "lr": lr, "epochs": int(epochs),
                          "batch_size": int(batch_size), "seed": seed, "n_tokens": n, "aux_coef": aux_coef,
                          "k_aux": k_aux or d_in // 2, "dead_steps": int(dead_steps), "threshold_lr": threshold_lr,
-                         "calibrate_batches": int(calibrate_batches), "norm_scaling_factor": s})
+                         "calibrate_batches": int(calibrate_batches), "norm_scaling_factor": s,
+                         "compute_dtype": "bfloat16" if low is not None else "float32"})
     if layer is not None:
         sae.metadata["hook_layer"] = layer
     opt = torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
@@ -372,7 +384,7 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                     if s != 1.0:
                         x.mul_(s)
                     dead = since_fired >= dead_steps
-                    loss, b_sse, b_counts, smallest = batchtopk_step_grads(sae, x, dead, aux_coef, k_aux)
+                    loss, b_sse, b_counts, smallest = batchtopk_step_grads(sae, x, dead, aux_coef, k_aux, low=low)
                     remove_parallel_grad(sae)
                     opt.step()
                     normalise_decoder(sae)

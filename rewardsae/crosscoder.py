@@ -180,10 +180,13 @@ def _calibrate(cc: BatchTopKCrosscoder, x_base, x_tuned, batch_size: int, n_batc
 def train_crosscoder(x_base, x_tuned, d_sae: int, k: float = 32, lr: float = 1e-3, epochs: int = 1,
                      batch_size: int = 512, seed: int = 0, aux_coef: float = 1 / 32, k_aux: int | None = None,
                      dead_steps: int = 50, calibrate_batches: int = 16, name: str = "crosscoder", progress: bool = True,
-                     log_every: int | None = None) -> tuple[BatchTopKCrosscoder, pd.DataFrame]:
+                     log_every: int | None = None, compute_dtype: str = "float32") -> tuple[BatchTopKCrosscoder, pd.DataFrame]:
     """Train a `BatchTopKCrosscoder` on paired (n × d) activations (arrays or memmaps); returns `(crosscoder, curve)`,
     in eval mode. `curve`: one row per `log_every` steps (default: per epoch) with `step`, `epoch`, `fvu` (both models
-    together), `l0` and `dead_frac` of the training codes over the rows since the last row."""
+    together), `l0` and `dead_frac` of the training codes over the rows since the last row. `compute_dtype` as in
+    `train_batchtopk` (`float32`, `bfloat16` or `auto`)."""
+    from rewardsae.precision import resolve_dtype
+    low = resolve_dtype(compute_dtype)
     n, d = x_base.shape
     if tuple(x_tuned.shape) != (n, d):
         raise ValueError(f"{name}: base and tuned activations differ in shape: {tuple(x_base.shape)} vs {tuple(x_tuned.shape)}")
@@ -195,7 +198,8 @@ def train_crosscoder(x_base, x_tuned, d_sae: int, k: float = 32, lr: float = 1e-
     k_aux = k_aux or d // 2
     cc.metadata.update({"architecture": "batchtopk_crosscoder", "k": k, "lr": lr, "epochs": int(epochs),
                         "batch_size": int(batch_size), "seed": seed, "n_tokens": int(n), "aux_coef": aux_coef,
-                        "k_aux": k_aux, "dead_steps": int(dead_steps), "norm_scaling_factors": list(s)})
+                        "k_aux": k_aux, "dead_steps": int(dead_steps), "norm_scaling_factors": list(s),
+                        "compute_dtype": "bfloat16" if low is not None else "float32"})
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():   # b_dec starts at the data's mean
         cc.b_dec.copy_((_pairs(x_base, x_tuned, np.arange(min(n, 65_536))) * cc.scale[:, None]).mean(0).reshape(-1))
@@ -216,7 +220,8 @@ def train_crosscoder(x_base, x_tuned, d_sae: int, k: float = 32, lr: float = 1e-
                     raise NonFiniteError(f"{name}: NaN/inf in the activations at step {step + 1}")
                 with torch.no_grad():
                     loss, sse, counts, smallest = batchtopk_step_grads(cc, xs.view(len(xs), -1), since_fired >= dead_steps,
-                                                                       aux_coef, k_aux, score_weight=cc.decoder_norms().sum(1))
+                                                                       aux_coef, k_aux, score_weight=cc.decoder_norms().sum(1),
+                                                                       low=low)
                 opt.step()
                 step += 1
                 if not math.isfinite(loss.item()):
@@ -284,15 +289,18 @@ def load_crosscoder(folder) -> BatchTopKCrosscoder:
     return cc.eval()
 
 # %% ../nbs/08a_crosscoder.ipynb #8c0101b3
-CLASS_THRESHOLDS = {"base_only": 0.1, "shared": (0.4, 0.6), "tuned_only": 0.9}
+CLASS_THRESHOLDS = {"base_only": 0.1, "base_leaning": 0.3, "shared": (0.4, 0.6), "tuned_leaning": 0.7, "tuned_only": 0.9}
 
 
 def latent_classes(rel, freq=None) -> np.ndarray:
-    "`tuned_only`, `base_only`, `shared`, `other`, or `dead` (when `freq` is 0) per latent, by relative norm."
+    """`tuned_only` (> 0.9), `tuned_leaning` (0.7–0.9), `shared` (0.4–0.6), `base_leaning` (0.1–0.3), `base_only`
+    (< 0.1), `other`, or `dead` (when `freq` is 0) per latent, by relative norm (`CLASS_THRESHOLDS`)."""
     rel = np.asarray(rel, dtype=float)
-    lo, (s0, s1), hi = CLASS_THRESHOLDS["base_only"], CLASS_THRESHOLDS["shared"], CLASS_THRESHOLDS["tuned_only"]
-    out = np.where(rel > hi, "tuned_only", np.where(rel < lo, "base_only",
-                   np.where((rel >= s0) & (rel <= s1), "shared", "other"))).astype(object)
+    t = CLASS_THRESHOLDS
+    (s0, s1) = t["shared"]
+    out = np.select([rel > t["tuned_only"], rel >= t["tuned_leaning"], (rel >= s0) & (rel <= s1), rel < t["base_only"],
+                     rel <= t["base_leaning"]], ["tuned_only", "tuned_leaning", "shared", "base_only", "base_leaning"],
+                    "other").astype(object)
     if freq is not None:
         out[np.asarray(freq) <= 0] = "dead"
     return out

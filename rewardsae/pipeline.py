@@ -20,8 +20,8 @@ from .files import atomic_file, atomic_write_text
 from .stages import canonical
 
 # %% auto #0
-__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'SAE_ARCHS', 'ANALYSIS_PRESETS', 'IDENTITY',
-           'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES',
+__all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'HOOKS', 'SAE_ARCHS', 'ANALYSIS_PRESETS',
+           'IDENTITY', 'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES',
            'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params', 'open_run',
            'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
            'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
@@ -36,6 +36,7 @@ REWARDS = ("utility", "sentiment")
 EXPLAINERS = ("tokens", "local", "openai")
 LAYER_MODES = ("highest", "lowest")
 LAYER_MEASURES = ("weights", "outputs")
+HOOKS = {"mlp_out": "mlp", "resid_post": "resid"}   # run parameter -> harvest site
 SAE_ARCHS = ("l1", "batchtopk")
 
 ANALYSIS_PRESETS = {
@@ -59,6 +60,7 @@ class RunParams:
     n_layers: int = 5                 # how many layers to analyse
     layer_mode: str = "highest"       # highest | lowest divergence (App. H)
     layer_measure: str = "weights"    # weights: the paper's parameter divergence | outputs: change of each block's output
+    hook: str = "mlp_out"             # where dictionaries read: mlp_out (the paper: each block's MLP output) | resid_post
     n_docs: int | None = None         # IMDb test reviews for activations and examples
     max_length: int | None = None     # tokens per review
     sae_seeds: list | None = None     # one SAE pair per seed (Table 3 averages over them)
@@ -98,7 +100,7 @@ class RunParams:
                 raise ValueError(f"{name} must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}, got {v!r}")
             setattr(p, name, kind(v))
         for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
-                              ("layer_measure", LAYER_MEASURES), ("sae_arch", SAE_ARCHS),
+                              ("layer_measure", LAYER_MEASURES), ("hook", tuple(HOOKS)), ("sae_arch", SAE_ARCHS),
                               ("compute_dtype", ("auto", "float32", "bfloat16"))):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
@@ -296,10 +298,11 @@ def stage_activations(p: RunParams, run: Path, role: str, policy: Stage, diverge
     layers = divergence.result["selected_layers"] if layers is None else [int(l) for l in layers]
     def compute(folder):
         model, tok = load_model(model_paths(p, policy)[role])
-        store = harvest_activations(model, tok, review_texts(p), layers, folder / "acts", max_length=p.max_length)
-        return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers}
+        store = harvest_activations(model, tok, review_texts(p), layers, folder / "acts", max_length=p.max_length,
+                                    site=HOOKS[p.hook])
+        return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers, "hook": p.hook}
     key = {"role": role, "layers": layers, "n_docs": p.n_docs, "max_length": p.max_length, "seed": p.seed,
-           **({"tokens": p.tokens} if p.tokens else {})}
+           **({"tokens": p.tokens} if p.tokens else {}), **({"hook": p.hook} if p.hook != "mlp_out" else {})}
     return cached_stage(run, f"activations-{role}" + (f"-{tag}" if tag else ""), key, compute, deps=(policy, divergence))
 
 
@@ -343,7 +346,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
         train, test = x[:split], x[split:]
         d = x.shape[1]
         steps = math.ceil(split / p.sae_batch_size) * p.sae_epochs
-        meta = {"model_name": model_name or role, "hook_name": f"blocks.{layer}.mlp_out", "hook_layer": layer, "size": size}
+        meta = {"model_name": model_name or role, "hook_name": f"blocks.{layer}.hook_{p.hook}", "hook_layer": layer, "size": size}
         kw = dict(epochs=p.sae_epochs, batch_size=p.sae_batch_size, seed=seed, name=f"{role} layer {layer} {size}", layer=layer,
                   log_every=max(1, steps // 25))
         if arch == "batchtopk":
@@ -439,7 +442,7 @@ def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Sta
                 row = {"model": role, "layer": layer, "size": size,
                        **reward_signal_check(sae, x[:split], u[:split], x[split:], u[split:], seed=p.seed)}
                 if size == "large":
-                    row.update(ce_loss_recovered(model, tok, held_texts, layer, sae, max_length=64))
+                    row.update(ce_loss_recovered(model, tok, held_texts, layer, sae, site=HOOKS[p.hook], max_length=64))
                 rows.append(row)
         _to_csv(rows, folder / "sae_checks.csv")
         return {"rows": rows}
@@ -610,7 +613,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
     import matplotlib.pyplot as plt
     import pandas as pd
     from rewardsae.batchtopk import load_any_sae, save_batchtopk
-    from rewardsae.crosscoder import paired_activations, plot_relative_norms, save_crosscoder
+    from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
     from rewardsae.examples import encode_features, feature_examples_many
     from rewardsae.explain import explain_features
     from rewardsae.model_diff import PairedRows, diff_layer
@@ -631,7 +634,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
                            batch_size=p.sae_batch_size, seed=seed, diff_k=DIFF_K, diff_lr=p.topk_lr, name=f"L{layer}",
                            saes={"base SAE": load_any_sae(large[("base", layer)].folder / "sae"),
                                  "tuned SAE": load_any_sae(large[("rlhf", layer)].folder / "sae")}, progress=False)
-            save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": "mlp_out"})
+            save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": p.hook})
             save_batchtopk(r["diff_sae"], folder / f"diff_sae-L{layer}", metadata={"hook_layer": layer, "model_name": "tuned - base"})
             lat = r["latents"]
             lat.to_csv(folder / f"latents-L{layer}.csv", index=False)
@@ -639,8 +642,10 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
             rels[f"layer {layer}"] = lat.relative_norm[lat.freq > 0].to_numpy()
             scans.append(r["scan"].assign(layer=layer))
             tuned_only = lat[lat["class"] == "tuned_only"].nlargest(TOP_DIFF, "tuned_write").assign(kind="tuned_only")
-            changed = lat[(lat["class"] != "tuned_only") & (lat.freq >= 1e-3)].nlargest(TOP_DIFF, "decoder_change").assign(kind="changed")
-            pick = pd.concat([tuned_only, changed])
+            leaning = lat[lat["class"] == "tuned_leaning"].nlargest(TOP_DIFF, "relative_norm").assign(kind="tuned_leaning")
+            changed = lat[~lat["class"].isin(["tuned_only", "tuned_leaning"]) & (lat.freq >= 1e-3)].nlargest(
+                TOP_DIFF, "decoder_change").assign(kind="changed")
+            pick = pd.concat([tuned_only, leaning, changed])
             if len(pick):
                 feats = pick.latent.tolist()
                 F = encode_features(r["crosscoder"].encode, PairedRows(xb, xt), features=feats, progress=False)
@@ -659,11 +664,13 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
         table = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
         table.to_csv(folder / "changed_latents.csv", index=False)
         return {"layers": out, "reward_scan": scan.to_dict("records"), "changed_latents": table.to_dict("records"),
-                "rules": {"classes": "tuned-only > 0.9, base-only < 0.1, shared 0.4-0.6 (relative decoder norm)",
+                "rules": {"classes": "tuned-only > 0.9, tuned-leaning 0.7-0.9, shared 0.4-0.6, base-leaning 0.1-0.3, "
+                                     "base-only < 0.1 (relative decoder norm)",
                           "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3",
                           "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
     key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": p.topk_lr, "epochs": p.sae_epochs,
-           "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF}
+           "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF,
+           "classes": CLASS_THRESHOLDS}
     return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
 
 # %% ../nbs/14_pipeline.ipynb #188e320e
@@ -691,7 +698,8 @@ def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage
             dicts = {l: load_any_sae(st.folder / "sae") for (r, l), st in small.items() if r == role}
             expl = pd.read_csv(explained[role].folder / "explanations.csv", keep_default_na=False, na_values=[""])
             t0 = time.perf_counter()
-            out = probe_dictionaries(model, tok, dicts, contrast, expl, p.explainer, k=p.k_table3, seed=p.seed)
+            out = probe_dictionaries(model, tok, dicts, contrast, expl, p.explainer, k=p.k_table3, seed=p.seed,
+                                     site=HOOKS[p.hook])
             seconds[f"probe_{role}"] = time.perf_counter() - t0
             out["words"].to_csv(folder / f"probe_words-{role}.csv", index=False)
             out["flags"].to_csv(folder / f"flags-{role}.csv", index=False)
@@ -700,7 +708,7 @@ def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage
             if role == "rlhf" and out["flagged"]:
                 freq = {l: feature_freq(small[(role, l)]) for l in dicts}
                 abl = ablation_effect(model, tok, dicts, out["flagged"], freq, n=min(p.n_completions, ABLATION_PREFIXES),
-                                      n_random=2, seed=p.seed)
+                                      n_random=2, seed=p.seed, site=HOOKS[p.hook])
                 abl.to_csv(folder / "ablation.csv", index=False)
                 res[role]["ablation"] = abl.to_dict("records")
                 seconds["ablation"] = time.perf_counter() - t0 - seconds[f"probe_{role}"]
@@ -852,7 +860,7 @@ def _model_diff_section(md: dict) -> str:
         f"Rules: classes by {md['rules']['classes']}; Latent Scaling {md['rules']['latent_scaling']}; a latent tracks the "
         f"reward when {md['rules']['tracks_reward']}.\n", _table(rows),
         "\n### Reward scan over every latent\n", _table(scan),
-        "\n### Tuned-only and most changed latents\n", _table(ch)])
+        "\n### Tuned-only, tuned-leaning and most changed latents\n", _table(ch)])
 
 
 def _probes_section(pr: dict, params: RunParams) -> str:

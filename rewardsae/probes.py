@@ -288,11 +288,12 @@ def random_latents(flagged: Mapping[int, Sequence[int]], freq: Mapping[int, Sequ
 
 def ablation_effect(model, tokenizer, saes: Mapping[int, object], flagged: Mapping[int, Sequence[int]],
                     freq: Mapping[int, Sequence[float]], n: int = 100, n_random: int = 3, seed: int = 0,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, site: str = "mlp") -> pd.DataFrame:
     """Mean completion utility (Table 4's protocol, `n` prefixes) with no ablation, with the `flagged` latents
     ablated, and with `n_random` draws of as many random live latents that fire about as often (`random_latents`,
     `freq`: {layer: firing frequency per latent}); one row per condition with the change
-    against no ablation and its paired-bootstrap 95% interval (same prefixes, same sampling seeds)."""
+    against no ablation and its paired-bootstrap 95% interval (same prefixes, same sampling seeds). `site`: where the
+    dictionaries read (`mlp` output or `resid` block output)."""
     from rewardsae.rewards import utility_reward
     from rewardsae.rlhf import generate_completions, paired_bootstrap_ci, test_prefixes
     prefixes = test_prefixes(tokenizer, n, 30, seed)
@@ -300,7 +301,7 @@ def ablation_effect(model, tokenizer, saes: Mapping[int, object], flagged: Mappi
              **{f"random-{i}": random_latents(flagged, freq, seed + 1 + i) for i in range(n_random)}}
     util = {}
     for name, latents in conds.items():
-        with ablate_features(model, saes, latents):
+        with ablate_features(model, saes, latents, site=site):
             util[name] = np.array(utility_reward(generate_completions((model, tokenizer), prefixes, seed, progress=progress)))
     rows = []
     for name, u in util.items():
@@ -312,11 +313,12 @@ def ablation_effect(model, tokenizer, saes: Mapping[int, object], flagged: Mappi
 # %% ../nbs/12a_probes.ipynb #86f7db8f
 def probe_dictionaries(model, tokenizer, saes: Mapping[int, object], contrast: pd.DataFrame,
                        explanations: pd.DataFrame | None = None, explainer: str = "tokens", k: int = 30,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, site: str = "mlp") -> dict:
     """`{"scores", "words", "flags", "flagged", "validation"}` for one model's dictionaries ({layer: sae}, e.g. the
     small ones): `scores` from `fit_probe`, `words` its per-word table, `flags` from `flag_features` (None without
-    `explanations`), `flagged` the flagged latents {layer: [latent, ...]}, `validation` from `validate_probe`."""
-    F = {v: last_position_features(model, tokenizer, saes, contrast[f"{v}_text"].tolist()) for v in ("pos", "neg", "neu")}
+    `explanations`), `flagged` the flagged latents {layer: [latent, ...]}, `validation` from `validate_probe`;
+    `site`: where the dictionaries read (`mlp` output or `resid` block output)."""
+    F = {v: last_position_features(model, tokenizer, saes, contrast[f"{v}_text"].tolist(), site=site) for v in ("pos", "neg", "neu")}
     X, y = probe_targets(F["pos"], F["neg"], F["neu"])
     words, valence = word_valences(contrast)
     scores, table = fit_probe(X, y, words, valence, seed=seed)

@@ -33,7 +33,14 @@ def test_identical_models_give_no_model_specific_latents(toy):
     cc, _ = train_crosscoder(xb, xb, d_sae=120, k=3, lr=3e-3, epochs=2, batch_size=512, progress=False)
     _, freq = evaluate_crosscoder(cc, xb[:5000], xb[:5000])
     classes = latent_classes(cc.relative_norm().numpy(), freq)
-    assert not {"tuned_only", "base_only"} & set(classes)
+    assert not {"tuned_only", "base_only", "tuned_leaning", "base_leaning"} & set(classes)
+
+
+def test_latent_classes_at_the_stated_thresholds():
+    rel = [0.95, 0.9, 0.8, 0.7, 0.65, 0.6, 0.5, 0.4, 0.35, 0.3, 0.2, 0.1, 0.05, 0.5]
+    assert latent_classes(rel, [1] * 13 + [0]).tolist() == [
+        "tuned_only", "tuned_leaning", "tuned_leaning", "tuned_leaning", "other", "shared", "shared", "shared", "other",
+        "base_leaning", "base_leaning", "base_leaning", "base_only", "dead"]
 
 
 def test_save_load_gives_the_same_codes(toy, tmp_path):

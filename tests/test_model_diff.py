@@ -91,3 +91,42 @@ def test_the_pipeline_finds_a_planted_change(tmp_path):
            for r in changed}
     hits = [r for r in changed if cos[r["latent"]] > 0.95 and '"movie"' in r["description"]]
     assert hits, [(r["latent"], round(cos[r["latent"]], 3), r["description"][:60]) for r in changed]
+
+
+WORDS = [" good", " film", " like", " one"]   # tiny-neox's 512-token vocabulary has few whole words
+
+
+def test_the_pipeline_finds_a_planted_feature_at_the_tuned_end(tmp_path):
+    """Known answer for a *new* feature: a unit planted at layer 2 of tiny-neox to fire on any of four words and write
+    a random direction (chapter 8b does this with 18 positive words on SmolLM2). The crosscoder's most tuned-leaning latent (highest relative norm, ≥ 0.7) must have a
+    tuned decoder along the planted direction, fire on those words, and be listed and described in the run's table."""
+    from rewardsae.crosscoder import load_crosscoder
+    from rewardsae.data import load_imdb
+    from rewardsae.models import load_causal_lm
+    from rewardsae.pipeline import make_params, run_all
+    model, tok = load_causal_lm("tiny-neox")
+    texts = load_imdb("train", verbose=False).shuffle(seed=1).select(range(80))["text"]
+    planted, info = plant_feature(model, tok, 2, WORDS, texts, sharpness=8.0)
+    assert info["token_ids"] == [tok(w).input_ids[0] for w in WORDS] and info["fires_on_token"] > 0.8
+    planted.save_pretrained(tmp_path / "planted")
+    tok.save_pretrained(tmp_path / "planted")
+    st = run_all(make_params(model="tiny-neox", tuned=str(tmp_path / "planted"), preset="smoke", n_layers=1, n_docs=400,
+                             max_length=64, sae_epochs=8, topk_k=8, k_features=3, k_table3=4, n_completions=4, model_diff=True,
+                             diff_layers=1, out=str(tmp_path / "run")))
+    assert st["summary"]["selected_layers"] == [2]
+    cc = load_crosscoder(st["model_diff"].folder / "crosscoder-L2")
+    rel = cc.relative_norm()
+    top = int(rel.argmax())
+    d_t = cc.decoders.detach()[top, 1]
+    cos = float(d_t @ torch.as_tensor(info["direction"]) / d_t.norm())
+    assert rel[top] >= 0.7 and cos > 0.9, (top, float(rel[top]), cos)
+    rows = [r for r in st["summary"]["model_diff"]["changed_latents"] if r["layer"] == 2 and r["latent"] == top]
+    assert rows and rows[0]["kind"] in ("tuned_leaning", "tuned_only"), rows
+    assert rows[0]["description"]                                   # explained by the run's explainer
+    # it fires on the planted words (the unit, in a random model, also fires on some other tokens)
+    from rewardsae.model_diff import PairedRows, planted_match
+    from rewardsae.pipeline import activation_store
+    sb, stt = activation_store(st["activations"]["base"]), activation_store(st["activations"]["rlhf"])
+    m = planted_match(cc, info, PairedRows(sb.activations(2), stt.activations(2)), sb.token_id, top=3).set_index("latent")
+    assert top in m.index and m.rel_rank[top] == 1
+    assert m.fires_on_token[top] > 0.8 and m.fires_on_token[top] > 3 * m.fires_elsewhere[top], m

@@ -250,11 +250,12 @@ def test_explainer_model_reaches_the_explainer_and_a_bad_one_fails_before_any_wo
     assert not (tmp_path / "x").exists()
 
 
-def test_batchtopk_architecture_and_token_budget(tmp_path, tuned_tiny):
+def test_batchtopk_architecture_token_budget_and_residual_hook(tmp_path, tuned_tiny):
+    import json
     from rewardsae.batchtopk import BatchTopKSAE, load_any_sae
-    from rewardsae.pipeline import review_texts
+    from rewardsae.pipeline import activation_store, review_texts
     p = make_params(tuned=tuned_tiny, out=str(tmp_path / "btk"), sae_arch="batchtopk", topk_k=4, tokens=500,
-                    **{**SMALL, "n_layers": 1})
+                    hook="resid_post", **{**SMALL, "n_layers": 1})
     texts = review_texts(p)
     _, tok = load_causal_lm("tiny-neox")
     counts = [len(tok(t, add_special_tokens=False, truncation=True, max_length=p.max_length).input_ids) for t in texts]
@@ -264,6 +265,23 @@ def test_batchtopk_architecture_and_token_budget(tmp_path, tuned_tiny):
     assert sae_st.folder.name.endswith("-btk") and sae_st.result["arch"] == "batchtopk"
     assert isinstance(load_any_sae(sae_st.folder / "sae"), BatchTopKSAE)
     assert st["activations"]["base"].result["n_tokens"] == sum(counts)
+    # hook=resid_post: the stored rows of layer 3 are block 3's output (the last block: HF's hidden_states[4] would be
+    # after the final norm, so read the block itself)
+    tuned, _ = load_causal_lm(tuned_tiny)
+    store = activation_store(st["activations"]["rlhf"])
+    ids = tok(texts[0], return_tensors="pt", truncation=True, max_length=p.max_length)
+    seen = []
+    h = tuned.gpt_neox.layers[3].register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        tuned(**ids)
+    h.remove()
+    hs = seen[0][0]
+    rows = np.asarray(store.activations(3)[store.doc == 0], dtype=np.float32)
+    assert np.allclose(rows, hs.numpy(), atol=1e-4 * float(hs.abs().max()))
+    cfg = json.loads((sae_st.folder / "sae" / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    with pytest.raises(ValueError, match="unknown hook 'attn_out'"):
+        make_params(hook="attn_out")
     with pytest.raises(ValueError, match="unknown sae_arch"):
         make_params(sae_arch="jumprelu")
     with pytest.raises(ValueError, match=r"tokens=1000000000 is more than the 12500 IMDb test reviews give at max_length=32"):
