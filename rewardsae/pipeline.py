@@ -72,7 +72,7 @@ class RunParams:
     topk_k: int = 32                  # batchtopk: active latents per token (on average over a batch)
     topk_lr: float | None = None      # batchtopk: Adam lr (empty: the preset's; paper preset: Gao et al.'s scaling rule)
     tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs)
-    compute_dtype: str = "auto"       # l1 SAE training matmuls: float32 | bfloat16 | auto (bf16 only where measured faster)
+    compute_dtype: str = "auto"       # dictionary training products: float32 | bfloat16 | auto (bf16 only where measured faster)
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
     min_firing_docs: int = 10         # a feature firing in fewer reviews is listed, not explained or scored
@@ -338,7 +338,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     l1 = p.l1_coef if l1_coef is None else l1_coef
     arch = arch or p.sae_arch
     from rewardsae.precision import compute_dtype
-    dtype = (compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype) if arch == "l1" else "float32"
+    dtype = compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
@@ -351,7 +351,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
                   log_every=max(1, steps // 25))
         if arch == "batchtopk":
             from rewardsae.batchtopk import save_batchtopk, train_batchtopk
-            sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, **kw)
+            sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, compute_dtype=dtype, **kw)
             save_batchtopk(sae, folder / "sae", metadata=meta)
         else:
             sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, tied=tied, compute_dtype=dtype, **kw)
@@ -614,6 +614,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
     import pandas as pd
     from rewardsae.batchtopk import load_any_sae, save_batchtopk
     from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
+    from rewardsae.precision import compute_dtype
     from rewardsae.examples import encode_features, feature_examples_many
     from rewardsae.explain import explain_features
     from rewardsae.model_diff import PairedRows, diff_layer
@@ -631,7 +632,8 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
             report_progress(run, part=f"layer {layer}", part_done=i, part_total=len(layers))
             xb, xt = paired_activations(sb, st, layer)
             r = diff_layer(xb, xt, split, u, CC_SIZE * xb.shape[1], k=p.topk_k, lr=CC_LR, epochs=p.sae_epochs,
-                           batch_size=p.sae_batch_size, seed=seed, diff_k=DIFF_K, diff_lr=p.topk_lr, name=f"L{layer}",
+                           batch_size=p.sae_batch_size, seed=seed, diff_k=DIFF_K, diff_lr=CC_LR, name=f"L{layer}",
+                           compute_dtype=dtype,
                            saes={"base SAE": load_any_sae(large[("base", layer)].folder / "sae"),
                                  "tuned SAE": load_any_sae(large[("rlhf", layer)].folder / "sae")}, progress=False)
             save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": p.hook})
@@ -668,9 +670,12 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
                                      "base-only < 0.1 (relative decoder norm)",
                           "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3",
                           "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
-    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": p.topk_lr, "epochs": p.sae_epochs,
+    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": CC_LR, "epochs": p.sae_epochs,
            "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF,
            "classes": CLASS_THRESHOLDS}
+    dtype = compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
+    if dtype != "float32":
+        key["compute_dtype"] = dtype
     return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
 
 # %% ../nbs/14_pipeline.ipynb #188e320e
