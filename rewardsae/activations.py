@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .files import atomic_folder
 from .models import block_prefix, blocks, mlp
+from .precision import resolve_dtype
 
 # %% auto #0
 __all__ = ['SITES', 'ActivationStore', 'harvest_activations']
@@ -144,8 +145,10 @@ def _hook_point(model: nn.Module, layer: int, site: str) -> nn.Module:
     return mlp(model, layer) if site == "mlp" else blocks(model)[layer]
 
 
-def _forward_batches(model, batches, input_ids, layers, site, write, progress=True, total=None):
-    "Run `model` over `batches` (lists of doc indices), calling `write(layer, doc, acts)` per real doc."
+def _forward_batches(model, batches, input_ids, layers, site, write, progress=True, total=None, low=None):
+    """Run `model` over `batches` (lists of doc indices), calling `write(layer, doc, acts)` per real doc; with `low`
+    (torch.bfloat16) under CPU autocast: the matrix products in bf16, the weights untouched."""
+    import contextlib
     captured, deepest = {}, max(layers)
 
     def make_hook(layer):
@@ -163,7 +166,8 @@ def _forward_batches(model, batches, input_ids, layers, site, write, progress=Tr
         for layer in layers:
             handles.append(_hook_point(model, layer, site).register_forward_hook(make_hook(layer)))
         model.eval()
-        with torch.inference_mode():
+        cast = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             for batch in batches:
                 lens = [len(input_ids[d]) for d in batch]
                 ids = torch.full((len(batch), max(lens)), pad_id, dtype=torch.long)
@@ -217,13 +221,19 @@ class _RowWriter:
 
 
 def harvest_activations(model: nn.Module, tokenizer, texts: Sequence[str], layers, out_dir, max_length: int = 256,
-                        batch_size: int = 16, site: str = "mlp", progress: bool = True) -> ActivationStore:
-    "Write `site` activations ('mlp' output or 'resid' block output) of `layers` on `texts` to `out_dir`."
+                        batch_size: int = 16, site: str = "mlp", progress: bool = True,
+                        compute_dtype: str = "float32") -> ActivationStore:
+    """Write `site` activations ('mlp' output or 'resid' block output) of `layers` on `texts` to `out_dir`.
+    `compute_dtype`: `float32` (the reference), `bfloat16` (CPU autocast: the products in bf16, activations stored as
+    fp32) or `auto` (bf16 where this machine multiplies faster in it, `rewardsae.precision`)."""
     texts, layers = _check_inputs(model, texts, layers, site, max_length, batch_size)
     out_dir = Path(out_dir)
     run = {"model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
            "weights_checksum": _weights_checksum(model), "texts_sha256": _texts_sha256(texts),
            "n_docs": len(texts), "layers": layers, "site": site, "max_length": max_length}
+    low = resolve_dtype(compute_dtype)
+    if low is not None:                      # fp32, the reference, keeps the run record it always had
+        run["compute_dtype"] = "bfloat16"
     existing = _prepare_out_dir(out_dir, run)
     if existing is not None:
         return existing
@@ -249,7 +259,7 @@ def harvest_activations(model: nn.Module, tokenizer, texts: Sequence[str], layer
                 writers[layer].write(int(offsets[doc]), acts)
 
             t0 = time.perf_counter()
-            _forward_batches(model, batches, input_ids, layers, site, write, progress, total=n_tokens)
+            _forward_batches(model, batches, input_ids, layers, site, write, progress, total=n_tokens, low=low)
             seconds = time.perf_counter() - t0
         finally:
             for w in writers.values():

@@ -194,3 +194,21 @@ def test_bad_input_is_refused_before_work(tok, tmp_path):
     store = harvest_activations(model, tok, TEXTS, [0], out, max_length=MAX_LEN, progress=False)
     with pytest.raises(KeyError, match=r"layer 2 is not in this store"):
         store.activations(2)
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "llama"])
+def test_bf16_harvest_is_close_to_the_fp32_reference_and_recorded(kind, tok, tmp_path):
+    "Autocast bf16: the same rows within bf16 rounding of the fp32 reference, and a store of its own."
+    model = make(kind, len(tok))
+    ref = harvest_activations(model, tok, TEXTS, [1, 2], tmp_path / "fp32", max_length=MAX_LEN, progress=False)
+    low = harvest_activations(model, tok, TEXTS, [1, 2], tmp_path / "bf16", max_length=MAX_LEN, progress=False,
+                              compute_dtype="bfloat16")
+    assert low.n_tokens == ref.n_tokens and np.array_equal(low.token_id, ref.token_id)
+    for layer in (1, 2):
+        a, b = np.asarray(ref.activations(layer)), np.asarray(low.activations(layer))
+        rel = np.linalg.norm(b - a) / np.linalg.norm(a)
+        assert 0 < rel < 0.03, (layer, rel)                 # really bf16 (not bit-equal), and close
+    assert json.loads((tmp_path / "bf16" / "meta.json").read_text())["compute_dtype"] == "bfloat16"
+    assert "compute_dtype" not in json.loads((tmp_path / "fp32" / "meta.json").read_text())
+    with pytest.raises(ValueError, match="unknown compute dtype"):
+        harvest_activations(model, tok, TEXTS, [1], tmp_path / "x", compute_dtype="fp8", progress=False)
