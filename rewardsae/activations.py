@@ -6,6 +6,7 @@ stream after the block) to disk, one row per real token; `ActivationStore` reads
 # %% ../nbs/06_activations.ipynb #9afc91a2
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -148,7 +149,6 @@ def _hook_point(model: nn.Module, layer: int, site: str) -> nn.Module:
 def _forward_batches(model, batches, input_ids, layers, site, write, progress=True, total=None, low=None):
     """Run `model` over `batches` (lists of doc indices), calling `write(layer, doc, acts)` per real doc; with `low`
     (torch.bfloat16) under CPU autocast: the matrix products in bf16, the weights untouched."""
-    import contextlib
     captured, deepest = {}, max(layers)
 
     def make_hook(layer):

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .files import atomic_folder
+from .precision import resolve_dtype
 from .sae import (NonFiniteError, SparseAutoencoder, _after_step, _as_2d, _check_finite, _check_losses, _chunks,
                            _end_epoch, load_sae)
 
@@ -311,7 +312,6 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
     (the AuxK term, scaled units); `l0` and `dead_frac` are of the training (batch top-k) codes. The inference threshold is calibrated on
     `calibrate_batches` batches with the final weights (0: keep the running average). `compute_dtype`: `float32`,
     `bfloat16` (the dense products in bf16, all else fp32) or `auto` (bf16 where this machine multiplies faster in it)."""
-    from rewardsae.precision import resolve_dtype
     name = name or (f"layer {layer}" if layer is not None else "activations")
     low = resolve_dtype(compute_dtype)
     a, n, d_in = _as_2d(activations, name)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .batchtopk import batch_topk_indices, batchtopk_step_grads, estimate_norm_scaling_factor
 from .files import atomic_folder
+from .precision import resolve_dtype
 from .sae import NonFiniteError
 
 # %% auto #0
@@ -185,7 +186,6 @@ def train_crosscoder(x_base, x_tuned, d_sae: int, k: float = 32, lr: float = 1e-
     in eval mode. `curve`: one row per `log_every` steps (default: per epoch) with `step`, `epoch`, `fvu` (both models
     together), `l0` and `dead_frac` of the training codes over the rows since the last row. `compute_dtype` as in
     `train_batchtopk` (`float32`, `bfloat16` or `auto`)."""
-    from rewardsae.precision import resolve_dtype
     low = resolve_dtype(compute_dtype)
     n, d = x_base.shape
     if tuple(x_tuned.shape) != (n, d):

@@ -24,11 +24,11 @@ __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 
            'IDENTITY', 'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES',
            'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params', 'open_run',
            'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
-           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'stage_sae', 'feature_freq',
-           'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table',
-           'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff', 'stage_probes',
-           'versions', 'plan_stages', 'collect_figures', 'write_summary', 'stage_ablations', 'report_progress',
-           'run_all']
+           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'train_dtype', 'stage_sae',
+           'feature_freq', 'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs',
+           'top_table', 'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff',
+           'stage_probes', 'versions', 'plan_stages', 'collect_figures', 'write_summary', 'stage_ablations',
+           'report_progress', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -326,6 +326,12 @@ def heldout_split(store, frac: float) -> int:
     return int(np.searchsorted(store.doc, docs[len(docs) - n_held]))
 
 
+def train_dtype(p: RunParams) -> str:
+    "`float32` or `bfloat16`: the run's dictionary-training precision, `auto` measured once per process (`rewardsae.precision`)."
+    from rewardsae.precision import compute_dtype
+    return compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
+
+
 def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size: str, seed: int,
               model_name: str = "", l1_coef: float | None = None, tied: bool = True, tag: str = "", arch: str | None = None) -> Stage:
     """One sparse autoencoder on one layer's activations, trained on the training reviews and measured, as a final
@@ -337,8 +343,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     from rewardsae.sae_eval import heldout_metrics, pca_baseline_fvu
     l1 = p.l1_coef if l1_coef is None else l1_coef
     arch = arch or p.sae_arch
-    from rewardsae.precision import compute_dtype
-    dtype = compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
+    dtype = train_dtype(p)
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
@@ -614,13 +619,13 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
     import pandas as pd
     from rewardsae.batchtopk import load_any_sae, save_batchtopk
     from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
-    from rewardsae.precision import compute_dtype
     from rewardsae.examples import encode_features, feature_examples_many
     from rewardsae.explain import explain_features
     from rewardsae.model_diff import PairedRows, diff_layer
     from rewardsae.scores import token_word_utilities
     seed = p.sae_seeds[0]
     large = {(r, l): saes[(r, l, "large", seed)] for r in ("base", "rlhf") for l in layers}
+    dtype = train_dtype(p)
     def compute(folder):
         sb, st = activation_store(acts["base"]), activation_store(acts["rlhf"])
         split = heldout_split(sb, p.heldout_frac)
@@ -672,10 +677,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
                           "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
     key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": CC_LR, "epochs": p.sae_epochs,
            "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF,
-           "classes": CLASS_THRESHOLDS}
-    dtype = compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
-    if dtype != "float32":
-        key["compute_dtype"] = dtype
+           "classes": CLASS_THRESHOLDS, **({"compute_dtype": dtype} if dtype != "float32" else {})}
     return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
 
 # %% ../nbs/14_pipeline.ipynb #188e320e

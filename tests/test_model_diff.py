@@ -98,8 +98,9 @@ WORDS = [" good", " film", " like", " one"]   # tiny-neox's 512-token vocabulary
 
 def test_the_pipeline_finds_a_planted_feature_at_the_tuned_end(tmp_path):
     """Known answer for a *new* feature: a unit planted at layer 2 of tiny-neox to fire on any of four words and write
-    a random direction (chapter 8b does this with 18 positive words on SmolLM2). The crosscoder's most tuned-leaning latent (highest relative norm, ≥ 0.7) must have a
-    tuned decoder along the planted direction, fire on those words, and be listed and described in the run's table."""
+    a random direction (chapter 8b does this with 18 positive words on SmolLM2). The crosscoder's most tuned-leaning
+    latent (highest relative norm, >= 0.7) must have a tuned decoder along the planted direction, fire on those
+    words, and be listed and described in the run's table."""
     from rewardsae.crosscoder import load_crosscoder
     from rewardsae.data import load_imdb
     from rewardsae.models import load_causal_lm
