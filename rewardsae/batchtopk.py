@@ -105,6 +105,13 @@ class BatchTopKSAE(nn.Module):
         pre = self.hidden_pre(x)
         return pre.clamp_min(0) * (pre > self.threshold)
 
+    def encode_columns(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        "`encode(x)[..., cols]`, computing only those latents (each inference code depends on its own column alone)."
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, cols] + self.b_enc[cols]
+        return pre.clamp_min(0) * (pre > (self.threshold if self.threshold.dim() == 0 else self.threshold[cols]))
+
     def encode_batchtopk(self, x: torch.Tensor) -> torch.Tensor:
         "Training code: the `k` × (number of tokens) largest ReLU pre-activations of the whole batch."
         pre = self.hidden_pre(x)
@@ -303,7 +310,7 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                     log_every: int | None = None, k_aux: int | None = None, dead_steps: int = 5,
                     threshold_lr: float = 0.01, calibrate_batches: int = 16, device: str | None = None,
                     chunk_bytes: int = 256 * 2**20, check_every: int = 64,
-                    compute_dtype: str = "float32") -> tuple[BatchTopKSAE, pd.DataFrame]:
+                    compute_dtype: str = "float32", lr_decay: float = 0.2) -> tuple[BatchTopKSAE, pd.DataFrame]:
     """Train a `BatchTopKSAE` on (n_tokens × d_in) activations (torch tensor, numpy array or memmap); returns
     `(sae, metrics)`. The SAE takes raw activations (the input scale is folded in) and is in eval mode
     (JumpReLU). `lr=None` is Gao et al.'s `2e-4 / sqrt(d_sae / 16384)`. `metrics` has the columns of
@@ -311,7 +318,9 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
     `log_every` steps and a `step` column) plus `threshold` (the running average, raw units) and `aux_loss`
     (the AuxK term, scaled units); `l0` and `dead_frac` are of the training (batch top-k) codes. The inference threshold is calibrated on
     `calibrate_batches` batches with the final weights (0: keep the running average). `compute_dtype`: `float32`,
-    `bfloat16` (the dense products in bf16, all else fp32) or `auto` (bf16 where this machine multiplies faster in it)."""
+    `bfloat16` (the dense products in bf16, all else fp32) or `auto` (bf16 where this machine multiplies faster in it).
+    `lr_decay`: the last such share of all steps lowers the lr linearly to 0 (dictionary_learning's and SAELens's
+    decay; 0: constant lr)."""
     name = name or (f"layer {layer}" if layer is not None else "activations")
     low = resolve_dtype(compute_dtype)
     a, n, d_in = _as_2d(activations, name)
@@ -332,6 +341,8 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
         raise ValueError(f"{name}: threshold_lr must be in (0, 1], got {threshold_lr!r}")
     if int(calibrate_batches) < 0:
         raise ValueError(f"{name}: calibrate_batches must be >= 0, got {calibrate_batches!r}")
+    if not 0 <= lr_decay <= 1:
+        raise ValueError(f"{name}: lr_decay must be in [0, 1], got {lr_decay!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_disk = isinstance(a, np.memmap) or not isinstance(a, (np.ndarray, torch.Tensor))
     chunk_rows = max(batch_size, chunk_bytes // (4 * d_in)) if on_disk else n
@@ -345,10 +356,12 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                          "batch_size": int(batch_size), "seed": seed, "n_tokens": n, "aux_coef": aux_coef,
                          "k_aux": k_aux or d_in // 2, "dead_steps": int(dead_steps), "threshold_lr": threshold_lr,
                          "calibrate_batches": int(calibrate_batches), "norm_scaling_factor": s,
-                         "compute_dtype": "bfloat16" if low is not None else "float32"})
+                         "compute_dtype": "bfloat16" if low is not None else "float32", "lr_decay": lr_decay})
     if layer is not None:
         sae.metadata["hook_layer"] = layer
     opt = torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
+    total_steps = steps_per_epoch * int(epochs)
+    decay_from = total_steps - int(lr_decay * total_steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)
     thr = torch.zeros((), dtype=torch.float64, device=device)
     rows, step, n_thr = [], 0, 0
@@ -386,6 +399,8 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                     dead = since_fired >= dead_steps
                     loss, b_sse, b_counts, smallest = batchtopk_step_grads(sae, x, dead, aux_coef, k_aux, low=low)
                     remove_parallel_grad(sae)
+                    if step >= decay_from:
+                        opt.param_groups[0]["lr"] = lr * (total_steps - step) / (total_steps - decay_from)
                     opt.step()
                     normalise_decoder(sae)
                     step += 1

@@ -105,6 +105,12 @@ class BatchTopKCrosscoder(nn.Module):
         pre = self.hidden_pre(self._scaled(x))
         return pre.clamp_min(0) * (self.scores(pre) > self.threshold)
 
+    def encode_columns(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        "`encode(x)[..., cols]`, computing only those latents (each inference code depends on its own column alone)."
+        xs = self._scaled(x)
+        pre = (xs.reshape(*xs.shape[:-2], 2 * self.d_in) @ self.W_enc[:, cols] + self.b_enc[cols]).clamp_min(0)
+        return pre * (pre * self.decoder_norms().sum(1)[cols] > self.threshold)
+
     def decode_scaled(self, f: torch.Tensor) -> torch.Tensor:
         "Scaled reconstructions (…, 2, d) of codes `f`."
         return (f @ self.W_dec + self.b_dec).reshape(*f.shape[:-1], 2, self.d_in)

@@ -22,14 +22,19 @@ __all__ = ['encode_features', 'scale_activations', 'token_texts', 'record_token'
 # %% ../nbs/10_examples.ipynb #78f76510
 def encode_features(encode: Callable, x, features: Sequence[int] | None = None, batch_size: int = 8192,
                     progress: bool = True) -> np.ndarray:
-    "Feature activations `encode(x)[:, features]` as float32 numpy, `(n_tokens, len(features))`, computed in batches."
+    """Feature activations `encode(x)[:, features]` as float32 numpy, `(n_tokens, len(features))`, computed in batches.
+    When `encode` is a dictionary's `encode` and the dictionary has `encode_columns`, only `features` are computed."""
     n = len(x)
     cols = None if features is None else torch.as_tensor(np.asarray(features, dtype=np.int64))
+    owner = getattr(encode, "__self__", None)
+    if cols is not None and getattr(encode, "__name__", "") == "encode" and hasattr(owner, "encode_columns"):
+        enc = lambda b: owner.encode_columns(b, cols)
+    else:
+        enc = lambda b: encode(b) if cols is None else encode(b)[:, cols]
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, n, batch_size), desc="encoding", disable=not progress or n <= batch_size):
-            f = encode(torch.tensor(np.asarray(x[i:i + batch_size]), dtype=torch.float32))
-            out.append((f if cols is None else f[:, cols]).float().cpu().numpy())
+            out.append(enc(torch.tensor(np.asarray(x[i:i + batch_size]), dtype=torch.float32)).float().cpu().numpy())
     if not out:
         return np.zeros((0, 0 if cols is None else len(cols)), np.float32)
     return np.concatenate(out)

@@ -21,14 +21,14 @@ from .stages import canonical
 
 # %% auto #0
 __all__ = ['PRESETS', 'REWARDS', 'EXPLAINERS', 'LAYER_MODES', 'LAYER_MEASURES', 'HOOKS', 'SAE_ARCHS', 'ANALYSIS_PRESETS',
-           'IDENTITY', 'OUTPUT_DOCS', 'SIZES', 'CE_DOCS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES',
-           'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams', 'slug', 'make_params', 'open_run',
-           'load_model', 'model_paths', 'stage_policy', 'rl_updates', 'stage_divergence', 'review_texts',
-           'extra_reviews', 'stage_activations', 'activation_store', 'heldout_split', 'train_dtype', 'stage_sae',
-           'feature_freq', 'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'load_dictionary', 'stage_mmcs',
-           'top_table', 'make_explainer', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff',
-           'stage_probes', 'versions', 'plan_stages', 'collect_figures', 'write_summary', 'stage_ablations',
-           'report_progress', 'run_all']
+           'IDENTITY', 'OUTPUT_DOCS', 'SIZES', 'PCA_ROWS', 'LR_DECAY', 'CE_DOCS', 'RIDGE_ROWS', 'CC_SIZE', 'DIFF_K',
+           'CC_LR', 'TOP_DIFF', 'PROBE_SENTENCES', 'ABLATION_PREFIXES', 'SAE_METRICS', 'L1_SWEEP', 'PLAN', 'RunParams',
+           'slug', 'make_params', 'open_run', 'load_model', 'model_paths', 'stage_policy', 'rl_updates',
+           'stage_divergence', 'review_texts', 'extra_reviews', 'stage_activations', 'activation_store',
+           'heldout_split', 'run_dtype', 'stage_sae', 'feature_freq', 'stage_saes', 'stage_sae_figures',
+           'stage_sae_checks', 'load_dictionary', 'stage_mmcs', 'top_table', 'make_explainer', 'stage_explanations',
+           'stage_table3', 'stage_table4', 'stage_model_diff', 'stage_probes', 'versions', 'plan_stages',
+           'collect_figures', 'write_summary', 'stage_ablations', 'report_progress', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #9ee09c12
 PRESETS = ("paper", "cpu", "smoke")
@@ -41,11 +41,11 @@ SAE_ARCHS = ("l1", "batchtopk")
 
 ANALYSIS_PRESETS = {
     "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3,
-                  topk_lr=None),
-    "cpu":   dict(n_docs=400, max_length=128, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=512, sae_lr=1e-2, l1_coef=1e-3,
-                  topk_lr=3e-3),
+                  sae_arch="l1", topk_k=32, topk_lr=None, diff_layers=2, n_layers=5),
+    "cpu":   dict(n_docs=400, tokens=500_000, max_length=128, sae_seeds=[0], sae_epochs=1, sae_batch_size=1024, sae_lr=1e-2,
+                  l1_coef=1e-3, sae_arch="batchtopk", topk_k=64, topk_lr=6e-3, diff_layers=1, n_layers=3),
     "smoke": dict(n_docs=24, max_length=32, sae_seeds=[0], sae_epochs=1, sae_batch_size=64, sae_lr=1e-3, l1_coef=1e-3,
-                  topk_lr=3e-3),
+                  sae_arch="l1", topk_k=32, topk_lr=3e-3, diff_layers=2, n_layers=5),
 }
 
 
@@ -57,7 +57,7 @@ class RunParams:
     preset: str = "smoke"             # paper | cpu | smoke
     tuned: str = ""                   # an already-tuned model (folder or HF id); empty: train it with RL
     rl_steps: int | None = None       # RL updates; empty: the preset's (cpu: 50, enough for the utility reward)
-    n_layers: int = 5                 # how many layers to analyse
+    n_layers: int | None = None       # how many layers to analyse; empty: the preset's (paper, smoke: 5, the paper's; cpu: 3)
     layer_mode: str = "highest"       # highest | lowest divergence (App. H)
     layer_measure: str = "weights"    # weights: the paper's parameter divergence | outputs: change of each block's output
     hook: str = "mlp_out"             # where dictionaries read: mlp_out (the paper: each block's MLP output) | resid_post
@@ -68,11 +68,11 @@ class RunParams:
     sae_batch_size: int | None = None # tokens per SAE training batch
     sae_lr: float | None = None
     l1_coef: float | None = None
-    sae_arch: str = "l1"              # l1: the paper's tied ReLU + L1 SAE | batchtopk: BatchTopK (Bussmann et al. 2024)
-    topk_k: int = 32                  # batchtopk: active latents per token (on average over a batch)
+    sae_arch: str | None = None       # l1: the paper's tied ReLU + L1 SAE | batchtopk: BatchTopK (Bussmann et al. 2024); empty: the preset's
+    topk_k: int | None = None         # batchtopk: active latents per token (on average over a batch); empty: the preset's
     topk_lr: float | None = None      # batchtopk: Adam lr (empty: the preset's; paper preset: Gao et al.'s scaling rule)
-    tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs)
-    compute_dtype: str = "auto"       # dictionary training products: float32 | bfloat16 | auto (bf16 only where measured faster)
+    tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs; cpu preset: 500,000 unless n_docs is given)
+    compute_dtype: str = "auto"       # harvest, dictionary and probe products: float32 | bfloat16 | auto (bf16 only where measured faster)
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3
     min_firing_docs: int = 10         # a feature firing in fewer reviews is listed, not explained or scored
@@ -83,7 +83,7 @@ class RunParams:
     ablations: bool = False           # also run the l1 sweep (Fig. 4) and Tables 6-7
     probes: bool | None = None        # the later version's feedback probes; empty: on, except in the smoke preset
     model_diff: bool | None = None    # crosscoder, diff-SAE, reward scan per selected layer; empty: on, except in smoke
-    diff_layers: int = 2              # model_diff on this many of the selected layers (highest divergence first)
+    diff_layers: int | None = None    # model_diff on this many of the selected layers (highest divergence first); empty: the preset's (cpu: 1)
     seed: int = 0
     out: str = ""                     # run folder; empty: runs/<model>-<reward>-<preset>
 
@@ -99,16 +99,21 @@ class RunParams:
             if not ok:
                 raise ValueError(f"{name} must be {'true or false' if kind is bool else 'an integer' if kind is int else 'a number'}, got {v!r}")
             setattr(p, name, kind(v))
-        for name, allowed in (("preset", PRESETS), ("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
+        if p.preset not in PRESETS:
+            raise ValueError(f"unknown preset {p.preset!r}: use one of {PRESETS}")
+        preset = dict(ANALYSIS_PRESETS[p.preset])
+        if p.n_docs is not None and p.tokens is None:   # a review count asked for: it, not the preset's token budget
+            preset.pop("tokens", None)
+        for k, v in preset.items():
+            if getattr(p, k) is None and k != "topk_lr":
+                setattr(p, k, v)
+        if p.topk_lr is None:
+            p.topk_lr = preset["topk_lr"]
+        for name, allowed in (("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
                               ("layer_measure", LAYER_MEASURES), ("hook", tuple(HOOKS)), ("sae_arch", SAE_ARCHS),
                               ("compute_dtype", ("auto", "float32", "bfloat16"))):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
-        for k, v in ANALYSIS_PRESETS[p.preset].items():
-            if getattr(p, k) is None and k != "topk_lr":
-                setattr(p, k, v)
-        if p.topk_lr is None:
-            p.topk_lr = ANALYSIS_PRESETS[p.preset]["topk_lr"]
         if p.probes is None:
             p.probes = p.preset != "smoke"
         if p.model_diff is None:
@@ -299,10 +304,13 @@ def stage_activations(p: RunParams, run: Path, role: str, policy: Stage, diverge
     def compute(folder):
         model, tok = load_model(model_paths(p, policy)[role])
         store = harvest_activations(model, tok, review_texts(p), layers, folder / "acts", max_length=p.max_length,
-                                    site=HOOKS[p.hook])
-        return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers, "hook": p.hook}
+                                    site=HOOKS[p.hook], compute_dtype=dtype)
+        return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers, "hook": p.hook,
+                "compute_dtype": dtype, "tokens_per_second": store.meta.get("tokens_per_second")}
+    dtype = run_dtype(p)
     key = {"role": role, "layers": layers, "n_docs": p.n_docs, "max_length": p.max_length, "seed": p.seed,
-           **({"tokens": p.tokens} if p.tokens else {}), **({"hook": p.hook} if p.hook != "mlp_out" else {})}
+           **({"tokens": p.tokens} if p.tokens else {}), **({"hook": p.hook} if p.hook != "mlp_out" else {}),
+           **({"compute_dtype": dtype} if dtype != "float32" else {})}
     return cached_stage(run, f"activations-{role}" + (f"-{tag}" if tag else ""), key, compute, deps=(policy, divergence))
 
 
@@ -312,6 +320,8 @@ def activation_store(stage: Stage):
 
 # %% ../nbs/14_pipeline.ipynb #50f88f05
 SIZES = {"large": 2, "small": 1}
+PCA_ROWS = 100_000   # training tokens (a seeded sample) the PCA baseline's components come from
+LR_DECAY = 0.2   # BatchTopK: the last 20% of steps lower the lr linearly to 0 (held-out FVU 0.347 vs 0.365 constant, chapter 7a)
 
 
 def heldout_split(store, frac: float) -> int:
@@ -326,8 +336,9 @@ def heldout_split(store, frac: float) -> int:
     return int(np.searchsorted(store.doc, docs[len(docs) - n_held]))
 
 
-def train_dtype(p: RunParams) -> str:
-    "`float32` or `bfloat16`: the run's dictionary-training precision, `auto` measured once per process (`rewardsae.precision`)."
+def run_dtype(p: RunParams) -> str:
+    """`float32` or `bfloat16`: the run's compute precision (harvest, dictionary training, probes), `auto` measured
+    once per process (`rewardsae.precision`)."""
     from rewardsae.precision import compute_dtype
     return compute_dtype() if p.compute_dtype == "auto" else p.compute_dtype
 
@@ -343,7 +354,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     from rewardsae.sae_eval import heldout_metrics, pca_baseline_fvu
     l1 = p.l1_coef if l1_coef is None else l1_coef
     arch = arch or p.sae_arch
-    dtype = train_dtype(p)
+    dtype = run_dtype(p)
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
@@ -356,7 +367,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
                   log_every=max(1, steps // 25))
         if arch == "batchtopk":
             from rewardsae.batchtopk import save_batchtopk, train_batchtopk
-            sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, compute_dtype=dtype, **kw)
+            sae, curve = train_batchtopk(train, SIZES[size] * d, k=p.topk_k, lr=p.topk_lr, compute_dtype=dtype, lr_decay=LR_DECAY, **kw)
             save_batchtopk(sae, folder / "sae", metadata=meta)
         else:
             sae, curve = train_sae(train, SIZES[size] * d, l1_coef=l1, lr=p.sae_lr, tied=tied, compute_dtype=dtype, **kw)
@@ -364,7 +375,7 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
         curve.to_csv(folder / "curve.csv", index=False)
         metrics, freq = heldout_metrics(sae, test)
         np.save(folder / "freq.npy", freq)
-        metrics["pca_fvu"] = pca_baseline_fvu(train, test, max(1, int(round(metrics["l0"]))))
+        metrics["pca_fvu"] = pca_baseline_fvu(train, test, max(1, int(round(metrics["l0"]))), max_rows=PCA_ROWS, seed=seed)
         return {"model": role, "layer": layer, "size": size, "seed": seed, "arch": arch, "tied": tied, "l1_coef": l1,
                 "compute_dtype": sae.metadata.get("compute_dtype", "float32"),
                 "d_sae": SIZES[size] * d, **{k: _plain(v) for k, v in metrics.items()},
@@ -372,8 +383,8 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
                 "n_train_tokens": int(split), "n_heldout_tokens": int(len(x) - split)}
     name = f"sae-{role}-L{layer}-{size}-s{seed}" + ("-btk" if arch == "batchtopk" else "") + (f"-{tag}" if tag else "")
     key = {"layer": layer, "size": size, "seed": seed, "epochs": p.sae_epochs, "batch_size": p.sae_batch_size,
-           "heldout_frac": p.heldout_frac, "metrics": "heldout",
-           **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr}),
+           "heldout_frac": p.heldout_frac, "metrics": "heldout", "pca_rows": PCA_ROWS,
+           **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr, "lr_decay": LR_DECAY} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr}),
            **({"compute_dtype": dtype} if dtype != "float32" else {})}   # fp32, the reference, keeps the keys it always had
     return cached_stage(run, name, key, compute, deps=(acts,))
 
@@ -418,6 +429,7 @@ def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stag
 
 
 CE_DOCS = 8   # held-out reviews (64 tokens each) for CE loss recovered
+RIDGE_ROWS = 50_000   # training tokens (a seeded sample) for the reward-signal ridge fits
 
 
 def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], saes: dict[tuple, Stage]) -> Stage:
@@ -426,7 +438,7 @@ def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Sta
     large ones, CE loss recovered when the reconstruction replaces the MLP output."""
     import numpy as np
     from rewardsae.batchtopk import load_any_sae
-    from rewardsae.sae_eval import ce_loss_recovered, reward_signal_check
+    from rewardsae.sae_eval import ce_loss_recovered, reward_signal_check, reward_signal_r2
     from rewardsae.scores import token_word_utilities
     first = {k: s for k, s in saes.items() if k[3] == p.sae_seeds[0]}
     def compute(folder):
@@ -439,13 +451,19 @@ def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Sta
             u = token_word_utilities(store.token_id, store.doc, tok, pos=store.pos)
             held_texts = list(texts[int(store.doc[split]):])[:CE_DOCS]
             model = load_model(model_paths(p, policy)[role])[0]
+            data = {}
             for (r, layer, size, seed), st in first.items():
                 if r != role:
                     continue
                 sae = load_any_sae(st.folder / "sae")
-                x = store.activations(layer)
+                if layer not in data:      # the training sample and the raw activations' R²: once per layer
+                    x = store.activations(layer)
+                    idx = np.sort(np.random.default_rng(p.seed).choice(split, min(split, RIDGE_ROWS), replace=False))
+                    xtr, utr, xte = np.asarray(x[idx]), u[idx], np.asarray(x[split:])
+                    data[layer] = (xtr, utr, xte, reward_signal_r2(xtr, utr, xte, u[split:], seed=p.seed))
+                xtr, utr, xte, raw_r2 = data[layer]
                 row = {"model": role, "layer": layer, "size": size,
-                       **reward_signal_check(sae, x[:split], u[:split], x[split:], u[split:], seed=p.seed)}
+                       **reward_signal_check(sae, xtr, utr, xte, u[split:], seed=p.seed, raw_r2=raw_r2)}
                 if size == "large":
                     row.update(ce_loss_recovered(model, tok, held_texts, layer, sae, site=HOOKS[p.hook], max_length=64))
                 rows.append(row)
@@ -625,7 +643,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
     from rewardsae.scores import token_word_utilities
     seed = p.sae_seeds[0]
     large = {(r, l): saes[(r, l, "large", seed)] for r in ("base", "rlhf") for l in layers}
-    dtype = train_dtype(p)
+    dtype = run_dtype(p)
     def compute(folder):
         sb, st = activation_store(acts["base"]), activation_store(acts["rlhf"])
         split = heldout_split(sb, p.heldout_frac)
@@ -692,6 +710,7 @@ def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage
     from rewardsae.probes import ablation_effect, contrast_sentences, probe_dictionaries
     seed = p.sae_seeds[0]
     small = {(r, l): s for (r, l, z, sd), s in saes.items() if z == "small" and sd == seed}
+    dtype = run_dtype(p)
     def compute(folder):
         import time
         t0, seconds = time.perf_counter(), {}
@@ -706,7 +725,7 @@ def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage
             expl = pd.read_csv(explained[role].folder / "explanations.csv", keep_default_na=False, na_values=[""])
             t0 = time.perf_counter()
             out = probe_dictionaries(model, tok, dicts, contrast, expl, p.explainer, k=p.k_table3, seed=p.seed,
-                                     site=HOOKS[p.hook])
+                                     site=HOOKS[p.hook], compute_dtype=dtype)
             seconds[f"probe_{role}"] = time.perf_counter() - t0
             out["words"].to_csv(folder / f"probe_words-{role}.csv", index=False)
             out["flags"].to_csv(folder / f"flags-{role}.csv", index=False)
@@ -722,7 +741,8 @@ def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage
         return {"n_triples": len(contrast), "dictionaries": "small", "seed": seed, **res,
                 "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     key = {"sentences": PROBE_SENTENCES, "seed": p.seed, "k": p.k_table3, "explainer": p.explainer,
-           "n_completions": min(p.n_completions, ABLATION_PREFIXES), "random_draws": 2, "random": "frequency-matched"}
+           "n_completions": min(p.n_completions, ABLATION_PREFIXES), "random_draws": 2, "random": "frequency-matched",
+           **({"compute_dtype": dtype} if dtype != "float32" else {})}
     return cached_stage(run, "probes", key, compute, deps=(*small.values(), *explained.values()))
 
 # %% ../nbs/14_pipeline.ipynb #2cdf2971

@@ -81,35 +81,53 @@ def contrast_sentences(tokenizer, texts: Sequence[str] | None = None, n_max: int
     return pd.DataFrame(rows)
 
 # %% ../nbs/12a_probes.ipynb #4642690e
-@torch.no_grad()
+@torch.inference_mode()
 def last_position_features(model, tokenizer, saes: Mapping[int, object], texts: Sequence[str], batch_size: int = 16,
-                           site: str = "mlp") -> np.ndarray:
-    "(n_texts × Σ d_sae) dictionary codes at the last real token of each text, layers in the order of `saes`."
-    from rewardsae.activations import _hook_point
+                           site: str = "mlp", compute_dtype: str = "float32") -> np.ndarray:
+    """(n_texts × Σ d_sae) dictionary codes at the last real token of each text, layers in the order of `saes`.
+    Texts run in batches of similar length and the forward pass stops after the deepest layer read (as the harvest);
+    `compute_dtype` `bfloat16` runs the model under CPU autocast (the codes are computed in fp32)."""
+    import contextlib
+    from rewardsae.activations import _StopForward, _hook_point
+    from rewardsae.precision import resolve_dtype
     if isinstance(texts, str) or not len(texts):
         raise ValueError("texts must be a non-empty list of strings")
-    layers = list(saes)
+    layers, deepest = list(saes), max(saes)
     captured, handles = {}, []
     def hook(layer):
         def f(mod, inp, out):
-            captured[layer] = (out[0] if isinstance(out, tuple) else out).detach()
+            captured[layer] = (out[0] if isinstance(out, tuple) else out).float()
+            if layer == deepest:
+                raise _StopForward
         return f
+    lengths = [len(x) for x in tokenizer(list(texts))["input_ids"]]
+    order = np.argsort(lengths, kind="stable")            # similar lengths share a batch: little padding
+    low = resolve_dtype(compute_dtype)
+    cast = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    out = []
+    out = None
     try:
         for l in layers:
             handles.append(_hook_point(model, l, site).register_forward_hook(hook(l)))
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True)
-            model(**enc)
+            idx = order[i:i + batch_size]
+            enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True)
+            try:
+                with cast:
+                    model(**enc)
+            except _StopForward:
+                pass
             last = enc["attention_mask"].sum(1) - 1
             rows = torch.arange(len(last))
-            out.append(torch.cat([saes[l].encode(captured[l][rows, last].float()) for l in layers], dim=1).numpy())
+            codes = torch.cat([saes[l].encode(captured[l][rows, last]) for l in layers], dim=1).numpy()
+            if out is None:
+                out = np.zeros((len(texts), codes.shape[1]), dtype=np.float32)
+            out[idx] = codes
     finally:
         for h in handles:
             h.remove()
         tokenizer.padding_side = side
-    return np.concatenate(out)
+    return out
 
 # %% ../nbs/12a_probes.ipynb #cfa29c01
 def probe_targets(F_pos, F_neg, F_neu) -> tuple[np.ndarray, np.ndarray]:
@@ -313,12 +331,14 @@ def ablation_effect(model, tokenizer, saes: Mapping[int, object], flagged: Mappi
 # %% ../nbs/12a_probes.ipynb #86f7db8f
 def probe_dictionaries(model, tokenizer, saes: Mapping[int, object], contrast: pd.DataFrame,
                        explanations: pd.DataFrame | None = None, explainer: str = "tokens", k: int = 30,
-                       seed: int = 0, site: str = "mlp") -> dict:
+                       seed: int = 0, site: str = "mlp", compute_dtype: str = "float32") -> dict:
     """`{"scores", "words", "flags", "flagged", "validation"}` for one model's dictionaries ({layer: sae}, e.g. the
     small ones): `scores` from `fit_probe`, `words` its per-word table, `flags` from `flag_features` (None without
     `explanations`), `flagged` the flagged latents {layer: [latent, ...]}, `validation` from `validate_probe`;
-    `site`: where the dictionaries read (`mlp` output or `resid` block output)."""
-    F = {v: last_position_features(model, tokenizer, saes, contrast[f"{v}_text"].tolist(), site=site) for v in ("pos", "neg", "neu")}
+    `site`: where the dictionaries read (`mlp` output or `resid` block output); `compute_dtype`: the forward pass's
+    precision (`last_position_features`)."""
+    F = {v: last_position_features(model, tokenizer, saes, contrast[f"{v}_text"].tolist(), site=site, compute_dtype=compute_dtype)
+         for v in ("pos", "neg", "neu")}
     X, y = probe_targets(F["pos"], F["neg"], F["neu"])
     words, valence = word_valences(contrast)
     scores, table = fit_probe(X, y, words, valence, seed=seed)

@@ -63,6 +63,10 @@ class SparseAutoencoder(nn.Module):
         W_enc = self.encoder_weight() if W_enc is None else W_enc
         return F.relu(F.linear(x, W_enc, self.b_enc))
 
+    def encode_columns(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        "`encode(x)[..., cols]`, computing only those features."
+        return F.relu(F.linear(x, self.encoder_weight()[cols], self.b_enc[cols]))
+
     def decode(self, f: torch.Tensor, W_dec: torch.Tensor | None = None) -> torch.Tensor:
         "Reconstruction `x_hat = W_dec^T f + b_dec`, shape (..., d_in)."
         W_dec = self.decoder_weight() if W_dec is None else W_dec

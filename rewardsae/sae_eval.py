@@ -66,9 +66,12 @@ def _covariance(a, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     return mu, ss / n - np.outer(mu, mu)
 
 
-def pca_baseline_fvu(x_train, x_test, rank: int, batch: int = 65536) -> float:
-    "FVU on `x_test` of its projection onto the top-`rank` principal components of `x_train` (centred by the train mean)."
-    a, _, d = _as_2d(x_train, "x_train")
+def pca_baseline_fvu(x_train, x_test, rank: int, batch: int = 65536, max_rows: int | None = 100_000, seed: int = 0) -> float:
+    """FVU on `x_test` of its projection onto the top-`rank` principal components of `x_train` (centred by the train
+    mean); the components from at most `max_rows` training rows (a seeded sample; None: all)."""
+    a, n_tr, d = _as_2d(x_train, "x_train")
+    if max_rows is not None and n_tr > max_rows:
+        a = np.asarray(a[np.sort(np.random.default_rng(seed).choice(n_tr, max_rows, replace=False))])
     b, _, d2 = _as_2d(x_test, "x_test")
     if d != d2:
         raise ValueError(f"x_train has width {d} but x_test {d2}")
@@ -142,50 +145,72 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
     return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_loss_recovered": rec}
 
 # %% ../nbs/07b_sae_eval.ipynb #1e7d1300
+def _ridge(X, y):
+    """`solve(α) -> (w, b)`: ridge regression of `y` on `X` (dense, or scipy.sparse as dictionary codes are) with an
+    unpenalised intercept, for any α, from one float64 Gram matrix and one Cholesky solve per α."""
+    import scipy.linalg
+    import scipy.sparse
+    n = X.shape[0]
+    mx, my = np.asarray(X.mean(0), dtype=np.float64).ravel(), float(y.mean())
+    G = (X.T @ X).toarray() if scipy.sparse.issparse(X) else X.T @ X
+    G = G - n * np.outer(mx, mx)                                     # Xcᵀ Xc, Xc = X - mx
+    c = np.asarray(X.T @ y).ravel() - n * mx * my                   # Xcᵀ (y - my)
+    eye = np.eye(len(G))
+    def solve(a):
+        w = scipy.linalg.solve(G + a * eye, c, assume_a="pos")
+        return w, my - mx @ w
+    return solve
+
+
+def _rows(X, idx):
+    "Rows `idx` of a dense array or a scipy.sparse matrix, as float64 (CSR stays CSR)."
+    import scipy.sparse
+    return X[idx].astype(np.float64) if scipy.sparse.issparse(X) else np.asarray(X[idx], dtype=np.float64)
+
+
 def reward_signal_r2(features_train, u_train, features_test, u_test, max_rows: int = 50_000, seed: int = 0,
                      alphas=tuple(np.logspace(-3, 4, 15))) -> float:
-    """Held-out R² of a ridge regression (with intercept, inputs in their own units) from features to token utility;
-    α chosen on the last 20% of the training rows. Closed form through one eigendecomposition of XᵀX (float64), so
-    every α costs nothing and a (50,000 × 1,152) fit takes about a second."""
-    Xtr, ytr = np.asarray(features_train, dtype=np.float64), np.asarray(u_train, dtype=np.float64)
-    if len(Xtr) > max_rows:
-        idx = np.sort(np.random.default_rng(seed).choice(len(Xtr), max_rows, replace=False))
-        Xtr, ytr = Xtr[idx], ytr[idx]
-    if len(Xtr) < 10:
-        raise ValueError(f"reward_signal_r2 needs at least 10 training rows, got {len(Xtr)}")
-
-    def fit(X, y):
-        mx, my = X.mean(0), y.mean()
-        Xc = X - mx
-        s, V = np.linalg.eigh(Xc.T @ Xc)
-        proj = V.T @ (Xc.T @ (y - my))
-        return lambda a: (lambda w: (w, my - mx @ w))(V @ (proj / (np.clip(s, 0, None) + a)))
+    """Held-out R² of a ridge regression (with intercept, inputs in their own units) from features (dense or
+    scipy.sparse) to token utility; α chosen on the last 20% of the training rows (`_ridge`: one Gram matrix per fit,
+    a Cholesky solve per α; sparse (40,000 × 2,304) codes take about a second)."""
+    import scipy.sparse
+    n = features_train.shape[0]
+    ytr = np.asarray(u_train, dtype=np.float64)
+    idx = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False)) if n > max_rows else np.arange(n)
+    Xtr, ytr = _rows(features_train, idx), ytr[idx]
+    if len(ytr) < 10:
+        raise ValueError(f"reward_signal_r2 needs at least 10 training rows, got {len(ytr)}")
 
     def r2(w, b, X, y):
-        res = y - (X @ w + b)
+        res = y - (np.asarray(X @ w).ravel() + b)
         return 1.0 - float(res @ res) / max(float(((y - y.mean()) ** 2).sum()), 1e-30)
 
-    cut = int(0.8 * len(Xtr))
-    inner = fit(Xtr[:cut], ytr[:cut])
+    cut = int(0.8 * len(ytr))
+    inner = _ridge(Xtr[:cut], ytr[:cut])
     best = max(alphas, key=lambda a: r2(*inner(a), Xtr[cut:], ytr[cut:]))
-    w, b = fit(Xtr, ytr)(best)
-    return r2(w, b, np.asarray(features_test, dtype=np.float64), np.asarray(u_test, dtype=np.float64))
+    w, b = _ridge(Xtr, ytr)(best)
+    Xte = features_test.astype(np.float64) if scipy.sparse.issparse(features_test) else np.asarray(features_test, dtype=np.float64)
+    return r2(w, b, Xte, np.asarray(u_test, dtype=np.float64))
 
 
 @torch.no_grad()
-def _encode_all(sae, x, batch_size: int = 8192) -> np.ndarray:
+def _encode_all(sae, x, batch_size: int = 8192):
+    "Codes of every row of `x` as a scipy.sparse CSR matrix (float32)."
+    import scipy.sparse
     a, n, _ = _as_2d(x, "activations")
-    out = [sae.encode(torch.as_tensor(np.asarray(a[i:i + batch_size], dtype=np.float32))).numpy() for i in range(0, n, batch_size)]
-    return np.concatenate(out)
+    return scipy.sparse.vstack([scipy.sparse.csr_matrix(sae.encode(torch.as_tensor(np.asarray(a[i:i + batch_size], dtype=np.float32))).numpy())
+                                for i in range(0, n, batch_size)], format="csr")
 
 
-def reward_signal_check(sae, x_train, u_train, x_test, u_test, max_rows: int = 50_000, seed: int = 0) -> dict:
-    "`raw_r2`, `feature_r2` and `kept` = feature_r2 / raw_r2: how much of the linear reward signal the features keep."
+def reward_signal_check(sae, x_train, u_train, x_test, u_test, max_rows: int = 50_000, seed: int = 0,
+                        raw_r2: float | None = None) -> dict:
+    """`raw_r2`, `feature_r2` and `kept` = feature_r2 / raw_r2: how much of the linear reward signal the features keep.
+    `raw_r2`: the raw activations' R² when already known (it depends on the data only, not on the dictionary)."""
     a, n, _ = _as_2d(x_train, "x_train")
     idx = np.sort(np.random.default_rng(seed).choice(n, min(n, max_rows), replace=False))
     xtr, utr = np.asarray(a[idx], dtype=np.float32), np.asarray(u_train)[idx]
     xte = np.asarray(x_test, dtype=np.float32)
-    raw = reward_signal_r2(xtr, utr, xte, u_test, max_rows, seed)
+    raw = reward_signal_r2(xtr, utr, xte, u_test, max_rows, seed) if raw_r2 is None else float(raw_r2)
     feat = reward_signal_r2(_encode_all(sae, xtr), utr, _encode_all(sae, xte), u_test, max_rows, seed)
     return {"raw_r2": raw, "feature_r2": feat, "kept": feat / raw if raw > 0 else float("nan")}
 

@@ -88,3 +88,31 @@ def test_encode_features_batches_and_columns():
     x = np.array([[1.0, -2.0], [3.0, 4.0], [-1.0, 0.5]], dtype=np.float32)
     F = encode_features(enc, x, features=[2, 0], batch_size=2, progress=False)
     assert F.tolist() == [[0.0, 1.0], [7.0, 3.0], [0.0, 0.0]]
+
+
+def test_encode_features_computes_only_the_asked_columns_of_a_dictionary():
+    from rewardsae.batchtopk import BatchTopKSAE
+    from rewardsae.sae import SparseAutoencoder
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g).numpy()
+    btk = BatchTopKSAE(16, 40, k=4, seed=1)
+    with torch.no_grad():
+        btk.b_enc.normal_(generator=g)
+        btk.b_dec.normal_(generator=g)
+        btk.threshold.fill_(0.3)
+    l1 = SparseAutoencoder(16, 40, seed=2)
+    from rewardsae.crosscoder import BatchTopKCrosscoder
+    cc = BatchTopKCrosscoder(8, 40, k=4, seed=3, scale=(0.5, 2.0))
+    with torch.no_grad():
+        cc.b_enc.normal_(generator=g)
+        cc.W_dec.mul_(torch.rand(40, 1, generator=g) + 0.5)
+        cc.threshold.fill_(0.4)
+    cols = [39, 3, 17, 3]
+    for sae in (btk, l1, cc):
+        calls = []
+        sae.encode_columns = (lambda f: lambda b, c: calls.append(len(c)) or f(b, c))(sae.encode_columns)
+        F = encode_features(sae.encode, x, features=cols, batch_size=128, progress=False)
+        with torch.no_grad():
+            full = sae.encode(torch.as_tensor(x))[:, cols].numpy()
+        assert calls == [4, 4, 4] and (full > 0).any() and (full == 0).any()
+        assert np.allclose(F, full, atol=1e-6)

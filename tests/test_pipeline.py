@@ -1,4 +1,5 @@
 "The experiment runner: parameters, run folders, the whole smoke pipeline, caching, and the CLI through papermill."
+import dataclasses
 import json
 import subprocess
 import sys
@@ -38,7 +39,13 @@ def test_params_refuse_unknown_names_and_values():
     with pytest.raises(ValueError, match="unknown explainer"):
         make_params(explainer="gpt5")
     p = make_params(model="EleutherAI/pythia-70m", preset="cpu")
-    assert (p.n_docs, p.max_length, p.sae_seeds) == (400, 128, [0, 1, 2])
+    assert (p.tokens, p.max_length, p.sae_seeds, p.sae_arch, p.topk_k) == (500_000, 128, [0], "batchtopk", 64)
+    # a review count asked for replaces the preset's token budget; the paper preset keeps the paper's tied L1 SAE
+    assert make_params(preset="cpu", n_docs=300).tokens is None
+    assert make_params(preset="cpu", n_docs=300, tokens=9000).tokens == 9000
+    assert (make_params(preset="paper").sae_arch, make_params(preset="cpu", sae_arch="l1").sae_arch) == ("l1", "l1")
+    assert (p.diff_layers, make_params(preset="paper").diff_layers, make_params(preset="cpu", diff_layers=2).diff_layers) == (1, 2, 2)
+    assert (p.n_layers, make_params(preset="paper").n_layers, make_params(preset="cpu", n_layers=5).n_layers) == (3, 5, 5)
     assert p.out == str(Path("runs") / "pythia-70m-utility-cpu")
 
 
@@ -255,7 +262,7 @@ def test_batchtopk_architecture_token_budget_and_residual_hook(tmp_path, tuned_t
     from rewardsae.batchtopk import BatchTopKSAE, load_any_sae
     from rewardsae.pipeline import activation_store, review_texts
     p = make_params(tuned=tuned_tiny, out=str(tmp_path / "btk"), sae_arch="batchtopk", topk_k=4, tokens=500,
-                    hook="resid_post", **{**SMALL, "n_layers": 1})
+                    hook="resid_post", compute_dtype="float32", **{**SMALL, "n_layers": 1})   # fp32: rows compared exactly
     texts = review_texts(p)
     _, tok = load_causal_lm("tiny-neox")
     counts = [len(tok(t, add_special_tokens=False, truncation=True, max_length=p.max_length).input_ids) for t in texts]
@@ -278,6 +285,13 @@ def test_batchtopk_architecture_token_budget_and_residual_hook(tmp_path, tuned_t
     hs = seen[0][0]
     rows = np.asarray(store.activations(3)[store.doc == 0], dtype=np.float32)
     assert np.allclose(rows, hs.numpy(), atol=1e-4 * float(hs.abs().max()))
+    # the run's compute_dtype reaches the harvest: bf16 products, a new stage, rows close to the fp32 ones
+    from rewardsae.pipeline import stage_activations
+    x32 = np.array(store.activations(3))           # a copy: the new stage below takes the same folder
+    bf = stage_activations(dataclasses.replace(p, compute_dtype="bfloat16"), Path(p.out), "rlhf", st["policy"], st["divergence"])
+    assert not bf.reused and bf.result["compute_dtype"] == "bfloat16" and activation_store(bf).meta["compute_dtype"] == "bfloat16"
+    x16 = np.asarray(activation_store(bf).activations(3))
+    assert 0 < np.linalg.norm(x16 - x32) / np.linalg.norm(x32) < 0.05
     cfg = json.loads((sae_st.folder / "sae" / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
     with pytest.raises(ValueError, match="unknown hook 'attn_out'"):

@@ -81,6 +81,17 @@ def test_last_position_features_take_the_last_real_token():
     assert np.allclose(both[1], alone[0], atol=1e-5)
     two = last_position_features(model, tok, {1: Identity(), 3: Identity()}, texts)
     assert two.shape == (2, 2 * model.config.hidden_size) and np.allclose(two[:, :model.config.hidden_size], both, atol=1e-5)
+    # the forward pass stops after layer 3: a full pass through all blocks gives the same rows; bf16 autocast is close
+    full = {}
+    h = model.gpt_neox.layers[3].mlp.register_forward_hook(lambda m, i, o: full.setdefault("x", o))
+    enc = tok(texts[:1], return_tensors="pt")
+    model(**enc)
+    h.remove()
+    first = last_position_features(model, tok, {3: Identity()}, texts[:1])
+    assert np.allclose(first[0], full["x"][0, -1].detach().numpy(), atol=1e-5)
+    low = last_position_features(model, tok, {1: Identity(), 3: Identity()}, texts, compute_dtype="bfloat16")
+    rel = np.linalg.norm(low - two) / np.linalg.norm(two)
+    assert 0 < rel < 0.05
 
 
 def test_reward_related_rule():

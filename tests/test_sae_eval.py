@@ -48,6 +48,8 @@ def test_pca_baseline_known_ranks():
     assert pca_baseline_fvu(x[:2000], x[2000:], 2) < 1e-6        # the data has 2 directions
     assert pca_baseline_fvu(x[:2000], x[2000:], 10) < 1e-12
     one = pca_baseline_fvu(x[:2000], x[2000:], 1)
+    assert pca_baseline_fvu(x[:2000], x[2000:], 1, max_rows=300) == pytest.approx(one, abs=0.02)   # components from a sample
+    assert pca_baseline_fvu(x[:2000], x[2000:], 2, max_rows=300) < 1e-6
     assert 0.05 < one < 0.95
     assert pca_baseline_fvu(x[:2000], x[2000:], 0) == pytest.approx(1.0, abs=0.01)
     with pytest.raises(ValueError, match="rank"):
@@ -75,3 +77,17 @@ def test_reward_signal_planted_and_noise():
     assert r["raw_r2"] > 0.999 and r["feature_r2"] > 0.999 and r["kept"] == pytest.approx(1.0, abs=1e-3)
     noise = g.normal(size=5000)
     assert reward_signal_r2(x[:4000], noise[:4000], x[4000:], noise[4000:]) < 0.05
+
+
+@pytest.mark.parametrize("density", [1.0, 0.03])
+def test_ridge_equals_sklearn(density):
+    from sklearn.linear_model import Ridge
+    from rewardsae.sae_eval import _ridge
+    g = np.random.default_rng(1)
+    X = g.normal(size=(800, 40)) * (g.random((800, 40)) < density) + 2.0      # sparse codes: the Gram is built sparse
+    X[X == 2.0] = 0.0
+    y = X @ g.normal(size=40) + g.normal(size=800) + 5.0
+    for a in (1e-3, 1.0, 100.0):
+        w, b = _ridge(X, y)(a)
+        ref = Ridge(alpha=a).fit(X, y)
+        assert np.allclose(w, ref.coef_, atol=1e-8) and b == pytest.approx(ref.intercept_, abs=1e-8)
