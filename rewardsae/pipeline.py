@@ -429,7 +429,7 @@ def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stag
 
 
 CE_DOCS = 8   # held-out reviews (64 tokens each) for CE loss recovered
-RIDGE_ROWS = 50_000   # training tokens (a seeded sample) for the reward-signal ridge fits
+RIDGE_ROWS = 25_000   # training tokens (a seeded sample) for the reward-signal ridge fits (held out: all)
 
 
 def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], saes: dict[tuple, Stage]) -> Stage:
@@ -469,7 +469,7 @@ def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Sta
                 rows.append(row)
         _to_csv(rows, folder / "sae_checks.csv")
         return {"rows": rows}
-    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS, "ridge": "unscaled"}, compute,
+    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS, "ridge": "unscaled", "ridge_rows": RIDGE_ROWS}, compute,
                         deps=(acts["base"], acts["rlhf"], *first.values()))
 
 

@@ -88,7 +88,7 @@ PRESETS: dict[str, RLConfig] = {
     "paper": RLConfig(model="EleutherAI/pythia-70m", steps=390, prompts_per_step=16, generations=4, mini_batch=16,
                       epochs=4, lr=1e-6, beta=0.5, max_grad_norm=1.0, save_steps=200),
     "cpu": RLConfig(model="smollm2-135m", steps=50, prompts_per_step=4, generations=4, mini_batch=16,
-                    epochs=1, lr=3e-5, beta=0.05, save_steps=5),
+                    epochs=1, lr=3e-5, beta=0.05, save_steps=25),   # a checkpoint is 1.6 GB (weights + Adam): ~2 s each
     "smoke": RLConfig(model="tiny-neox", steps=2, prompts_per_step=2, generations=4, mini_batch=8, epochs=1,
                       lr=1e-3, beta=0.05, min_new_tokens=4, max_new_tokens=8, save_steps=1),
 }
