@@ -105,10 +105,8 @@ class RunParams:
         if p.n_docs is not None and p.tokens is None:   # a review count asked for: it, not the preset's token budget
             preset.pop("tokens", None)
         for k, v in preset.items():
-            if getattr(p, k) is None and k != "topk_lr":
+            if getattr(p, k) is None:
                 setattr(p, k, v)
-        if p.topk_lr is None:
-            p.topk_lr = preset["topk_lr"]
         for name, allowed in (("reward", REWARDS), ("explainer", EXPLAINERS), ("layer_mode", LAYER_MODES),
                               ("layer_measure", LAYER_MEASURES), ("hook", tuple(HOOKS)), ("sae_arch", SAE_ARCHS),
                               ("compute_dtype", ("auto", "float32", "bfloat16"))):
@@ -301,13 +299,13 @@ def stage_activations(p: RunParams, run: Path, role: str, policy: Stage, diverge
     "MLP-output activations of the selected layers (or `layers`) for model `role` (`base` or `rlhf`)."
     from rewardsae.activations import harvest_activations
     layers = divergence.result["selected_layers"] if layers is None else [int(l) for l in layers]
+    dtype = run_dtype(p)
     def compute(folder):
         model, tok = load_model(model_paths(p, policy)[role])
         store = harvest_activations(model, tok, review_texts(p), layers, folder / "acts", max_length=p.max_length,
                                     site=HOOKS[p.hook], compute_dtype=dtype)
         return {"n_tokens": int(store.n_tokens), "d_model": int(store.d_model), "layers": layers, "hook": p.hook,
                 "compute_dtype": dtype, "tokens_per_second": store.meta.get("tokens_per_second")}
-    dtype = run_dtype(p)
     key = {"role": role, "layers": layers, "n_docs": p.n_docs, "max_length": p.max_length, "seed": p.seed,
            **({"tokens": p.tokens} if p.tokens else {}), **({"hook": p.hook} if p.hook != "mlp_out" else {}),
            **({"compute_dtype": dtype} if dtype != "float32" else {})}
