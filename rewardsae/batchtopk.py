@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .files import atomic_folder
 from .precision import resolve_dtype
 from .sae import (NonFiniteError, SparseAutoencoder, _after_step, _as_2d, _check_finite, _check_losses, _chunks,
-                           _end_epoch, load_sae)
+                           _end_epoch, _sample_rows, adam, load_sae)
 
 # %% auto #0
 __all__ = ['batch_topk_indices', 'batch_topk', 'BatchTopKSAE', 'estimate_norm_scaling_factor', 'fold_input_scale',
@@ -84,7 +84,7 @@ class BatchTopKSAE(nn.Module):
         w = torch.randn(self.d_hidden, self.d_in, generator=g)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w)                      # rows: unit-norm dictionary directions
-        self.W_enc = nn.Parameter(w.T.clone())            # initialised as the decoder's transpose
+        self.W_enc = nn.Parameter(w.T.contiguous())       # initialised as the decoder's transpose (row-major, as loaded)
         self.b_enc = nn.Parameter(torch.zeros(self.d_hidden))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
         self.register_buffer("threshold", torch.zeros(()))
@@ -159,17 +159,6 @@ class BatchTopKSAE(nn.Module):
         return f"d_in={self.d_in}, d_sae={self.d_hidden}, k={self.k}, threshold={float(self.threshold):.4g}"
 
 # %% ../nbs/07a_batchtopk.ipynb #c5252726
-def _sample_rows(a, n_rows: int, seed: int) -> torch.Tensor:
-    "Up to `n_rows` rows of `a` (all of them if it has fewer; else a seeded random sample, read in row order) as float32."
-    n = a.shape[0]
-    if n <= n_rows:
-        return torch.cat([x.cpu() for _, x in _chunks(a, 65_536, None, "cpu")])
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_rows].sort().values
-    if isinstance(a, torch.Tensor):
-        return a[rows.to(a.device)].float().cpu()
-    return torch.from_numpy(np.asarray(a[rows.numpy()], dtype=np.float32))
-
-
 @torch.no_grad()
 def estimate_norm_scaling_factor(activations, max_rows: int = 65_536, seed: int = 0, name: str | None = None) -> float:
     """`√d_in / mean‖x‖` over up to `max_rows` rows (a seeded random sample when there are more), ignoring
@@ -359,7 +348,7 @@ def train_batchtopk(activations, d_sae: int, k: float = 32, lr: float | None = N
                          "compute_dtype": "bfloat16" if low is not None else "float32", "lr_decay": lr_decay})
     if layer is not None:
         sae.metadata["hook_layer"] = layer
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
+    opt = adam(sae.parameters(), lr)
     total_steps = steps_per_epoch * int(epochs)
     decay_from = total_steps - int(lr_decay * total_steps)
     since_fired = torch.zeros(sae.d_hidden, dtype=torch.long, device=device)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .batchtopk import batch_topk_indices, batchtopk_step_grads, estimate_norm_scaling_factor
 from .files import atomic_folder
 from .precision import resolve_dtype
-from .sae import NonFiniteError
+from .sae import NonFiniteError, adam
 
 # %% auto #0
 __all__ = ['CC_WEIGHTS', 'CLASS_THRESHOLDS', 'NU_MAX', 'paired_activations', 'BatchTopKCrosscoder', 'crosscoder_loss',
@@ -57,7 +57,7 @@ class BatchTopKCrosscoder(nn.Module):
         w = torch.randn(self.d_hidden, 1, self.d_in, generator=g).expand(-1, 2, -1).clone()
         w = w / w.norm(dim=2, keepdim=True) * 0.5          # both models' decoder rows equal, norm 0.5: any difference is learned
         self.W_dec = nn.Parameter(w.reshape(self.d_hidden, 2 * self.d_in))   # (m × 2d): [base row, tuned row]
-        self.W_enc = nn.Parameter(w.reshape(self.d_hidden, -1).T.clone())   # (2d × m): the decoder's transpose
+        self.W_enc = nn.Parameter(w.reshape(self.d_hidden, -1).T.contiguous())   # (2d × m): the decoder's transpose, row-major
         self.b_enc = nn.Parameter(torch.zeros(self.d_hidden))
         self.b_dec = nn.Parameter(torch.zeros(2 * self.d_in))
         self.apply_b_dec_to_input = False                 # the encoder reads x itself (as a BatchTopK SAE on [x_b, x_t] would not)
@@ -209,7 +209,7 @@ def train_crosscoder(x_base, x_tuned, d_sae: int, k: float = 32, lr: float = 1e-
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():   # b_dec starts at the data's mean
         cc.b_dec.copy_((_pairs(x_base, x_tuned, np.arange(min(n, 65_536))) * cc.scale[:, None]).mean(0).reshape(-1))
-    opt = torch.optim.Adam(cc.parameters(), lr=lr, foreach=True)
+    opt = adam(cc.parameters(), lr)
     steps_per_epoch = n // batch_size
     log_every = log_every or steps_per_epoch
     since_fired = torch.zeros(cc.d_hidden, dtype=torch.long)

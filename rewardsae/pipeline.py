@@ -43,7 +43,7 @@ ANALYSIS_PRESETS = {
     "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3,
                   sae_arch="l1", topk_k=32, topk_lr=None, diff_layers=2, n_layers=5),
     "cpu":   dict(n_docs=400, tokens=500_000, max_length=128, sae_seeds=[0], sae_epochs=1, sae_batch_size=1024, sae_lr=1e-2,
-                  l1_coef=1e-3, sae_arch="batchtopk", topk_k=64, topk_lr=6e-3, diff_layers=1, n_layers=3),
+                  l1_coef=1e-3, sae_arch="batchtopk", topk_k=62, topk_lr=6e-3, diff_layers=1, n_layers=3, large_epochs=2),
     "smoke": dict(n_docs=24, max_length=32, sae_seeds=[0], sae_epochs=1, sae_batch_size=64, sae_lr=1e-3, l1_coef=1e-3,
                   sae_arch="l1", topk_k=32, topk_lr=3e-3, diff_layers=2, n_layers=5),
 }
@@ -65,6 +65,7 @@ class RunParams:
     max_length: int | None = None     # tokens per review
     sae_seeds: list | None = None     # one SAE pair per seed (Table 3 averages over them)
     sae_epochs: int | None = None
+    large_epochs: int | None = None   # epochs of the large dictionaries (the main analysis); empty: the preset's (cpu: 2), else sae_epochs
     sae_batch_size: int | None = None # tokens per SAE training batch
     sae_lr: float | None = None
     l1_coef: float | None = None
@@ -112,6 +113,8 @@ class RunParams:
                               ("compute_dtype", ("auto", "float32", "bfloat16"))):
             if getattr(p, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(p, name)!r}: use one of {allowed}")
+        if p.large_epochs is None:
+            p.large_epochs = p.sae_epochs
         if p.probes is None:
             p.probes = p.preset != "smoke"
         if p.model_diff is None:
@@ -122,7 +125,7 @@ class RunParams:
             raise ValueError(f"rl_steps must be at least 1, got {p.rl_steps}")
         if not 0 < float(p.heldout_frac) < 1:
             raise ValueError(f"heldout_frac must be between 0 and 1 (exclusive), got {p.heldout_frac}")
-        for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions",
+        for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "large_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions",
                      "min_firing_docs", "diff_layers"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
@@ -139,7 +142,7 @@ class RunParams:
         return dataclasses.asdict(self)
 
 
-_TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "sae_batch_size": int,
+_TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "large_epochs": int, "sae_batch_size": int,
           "sae_lr": float, "l1_coef": float, "topk_k": int, "topk_lr": float, "tokens": int, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
           "n_completions": int, "ablations": bool, "probes": bool, "model_diff": bool, "diff_layers": int, "seed": int}
 
@@ -353,15 +356,16 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
     l1 = p.l1_coef if l1_coef is None else l1_coef
     arch = arch or p.sae_arch
     dtype = run_dtype(p)
+    epochs = p.large_epochs if size == "large" else p.sae_epochs
     def compute(folder):
         store = activation_store(acts)
         x = store.activations(layer)
         split = heldout_split(store, p.heldout_frac)
         train, test = x[:split], x[split:]
         d = x.shape[1]
-        steps = math.ceil(split / p.sae_batch_size) * p.sae_epochs
+        steps = math.ceil(split / p.sae_batch_size) * epochs
         meta = {"model_name": model_name or role, "hook_name": f"blocks.{layer}.hook_{p.hook}", "hook_layer": layer, "size": size}
-        kw = dict(epochs=p.sae_epochs, batch_size=p.sae_batch_size, seed=seed, name=f"{role} layer {layer} {size}", layer=layer,
+        kw = dict(epochs=epochs, batch_size=p.sae_batch_size, seed=seed, name=f"{role} layer {layer} {size}", layer=layer,
                   log_every=max(1, steps // 25))
         if arch == "batchtopk":
             from rewardsae.batchtopk import save_batchtopk, train_batchtopk
@@ -380,8 +384,8 @@ def stage_sae(p: RunParams, run: Path, acts: Stage, role: str, layer: int, size:
                 "train_fvu": float(curve.fvu.iloc[-1]), "train_l0": float(curve.l0.iloc[-1]),
                 "n_train_tokens": int(split), "n_heldout_tokens": int(len(x) - split)}
     name = f"sae-{role}-L{layer}-{size}-s{seed}" + ("-btk" if arch == "batchtopk" else "") + (f"-{tag}" if tag else "")
-    key = {"layer": layer, "size": size, "seed": seed, "epochs": p.sae_epochs, "batch_size": p.sae_batch_size,
-           "heldout_frac": p.heldout_frac, "metrics": "heldout", "pca_rows": PCA_ROWS,
+    key = {"layer": layer, "size": size, "seed": seed, "epochs": epochs, "batch_size": p.sae_batch_size,
+           "heldout_frac": p.heldout_frac, "metrics": "heldout", "pca_rows": PCA_ROWS, "adam": "fused", "row_samples": "blocks of 64",
            **({"arch": arch, "k": p.topk_k, "lr": p.topk_lr, "lr_decay": LR_DECAY} if arch == "batchtopk" else {"l1_coef": l1, "tied": tied, "lr": p.sae_lr}),
            **({"compute_dtype": dtype} if dtype != "float32" else {})}   # fp32, the reference, keeps the keys it always had
     return cached_stage(run, name, key, compute, deps=(acts,))
@@ -691,7 +695,7 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
                                      "base-only < 0.1 (relative decoder norm)",
                           "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3",
                           "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
-    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": CC_LR, "epochs": p.sae_epochs,
+    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": CC_LR, "epochs": p.sae_epochs, "adam": "fused",
            "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF,
            "classes": CLASS_THRESHOLDS, **({"compute_dtype": dtype} if dtype != "float32" else {})}
     return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
@@ -947,7 +951,7 @@ def stage_ablations(p: RunParams, run: Path, policy: Stage, divergence: Stage, a
             "### Table 7: highest-divergence layers %s vs lowest %s\n\n%s\n" % (high[:2], to_markdown(sweep.assign(l1_coef=sweep["l1_coef"].map("{:g}".format))),
                to_markdown(t6), high, low, to_markdown(t7)))
         return {"fig4": sweep.to_dict("records"), "table6": t6.to_dict("records"), "table7": t7.to_dict("records"), "lowest_layers": low}
-    return cached_stage(run, "ablations", {"l1_sweep": L1_SWEEP, "l1_coef": p.l1_coef, "epochs": p.sae_epochs,
+    return cached_stage(run, "ablations", {"l1_sweep": L1_SWEEP, "l1_coef": p.l1_coef, "epochs": p.sae_epochs, "adam": "fused",
                                            "batch_size": p.sae_batch_size, "lr": p.sae_lr, "heldout_frac": p.heldout_frac},
                         compute, deps=(acts["base"], low_acts))
 

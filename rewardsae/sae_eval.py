@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .files import save_figure
-from .sae import _as_2d, _chunks
+from .sae import _as_2d, _chunks, _sample_rows
 
 # %% auto #0
 __all__ = ['heldout_metrics', 'pca_baseline_fvu', 'ce_loss_recovered', 'reward_signal_r2', 'reward_signal_check',
@@ -55,41 +55,41 @@ def heldout_metrics(sae, x, batch_size: int = 8192) -> tuple[dict, np.ndarray]:
 
 # %% ../nbs/07b_sae_eval.ipynb #3febbd30
 def _covariance(a, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    "Mean and covariance (float64) of the rows of `a`, accumulated in batches."
+    """Mean and covariance (float64) of the rows of `a` (in memory), in batches: the mean first, then the products of
+    the centred rows in float32 (relative error ~1e-7, 2× faster than float64), summed in float64."""
     n, d = a.shape
-    s, ss = np.zeros(d), np.zeros((d, d))
+    x = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).float()
+    mu = x.sum(0, dtype=torch.float64) / n
+    cov = torch.zeros(d, d, dtype=torch.float64)
     for i in range(0, n, batch):
-        b = np.asarray(a[i:i + batch], dtype=np.float64)
-        s += b.sum(0)
-        ss += b.T @ b
-    mu = s / n
-    return mu, ss / n - np.outer(mu, mu)
+        c = x[i:i + batch] - mu.float()
+        cov += (c.T @ c).double()
+    return mu.numpy(), (cov / n).numpy()
 
 
 def pca_baseline_fvu(x_train, x_test, rank: int, batch: int = 65536, max_rows: int | None = 100_000, seed: int = 0) -> float:
     """FVU on `x_test` of its projection onto the top-`rank` principal components of `x_train` (centred by the train
-    mean); the components from at most `max_rows` training rows (a seeded sample; None: all)."""
+    mean); the components from at most `max_rows` training rows (a seeded sample of 64-row blocks; None: all)."""
     a, n_tr, d = _as_2d(x_train, "x_train")
-    if max_rows is not None and n_tr > max_rows:
-        a = np.asarray(a[np.sort(np.random.default_rng(seed).choice(n_tr, max_rows, replace=False))])
+    a = _sample_rows(a, max_rows if max_rows is not None else n_tr, seed)
     b, _, d2 = _as_2d(x_test, "x_test")
     if d != d2:
         raise ValueError(f"x_train has width {d} but x_test {d2}")
     if not 0 <= int(rank) <= d:
         raise ValueError(f"rank must be between 0 and {d}, got {rank}")
-    mu, cov = _covariance(np.asarray(a) if isinstance(a, torch.Tensor) else a, batch)
+    mu, cov = _covariance(a, batch)
     _, vecs = np.linalg.eigh(cov)
-    V = vecs[:, ::-1][:, :int(rank)]
+    V = torch.from_numpy(vecs[:, ::-1][:, :int(rank)].copy()).float()
+    mu32 = torch.from_numpy(mu).float()
     n = b.shape[0]
-    sse, sx, sxx = 0.0, np.zeros(d), 0.0
-    for i in range(0, n, batch):
-        t = np.asarray(b[i:i + batch], dtype=np.float64)
-        c = t - mu
+    sse, sc, scc = 0.0, torch.zeros(d, dtype=torch.float64), 0.0
+    for _, t in _chunks(b, batch, None, "cpu"):                     # float32 products, float64 sums
+        c = t - mu32                                                # centred on the train mean: a well-conditioned variance
         r = c - (c @ V) @ V.T
-        sse += float((r * r).sum())
-        sx += t.sum(0)
-        sxx += float((t * t).sum())
-    var = sxx - float(sx @ sx) / n
+        sse += (r * r).sum(1).sum(dtype=torch.float64).item()
+        sc += c.sum(0, dtype=torch.float64)
+        scc += (c * c).sum(1).sum(dtype=torch.float64).item()
+    var = scc - float(sc @ sc) / n
     return sse / max(var, 1e-30)
 
 # %% ../nbs/07b_sae_eval.ipynb #c4f1ad5d

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from rewardsae.sae import (NonFiniteError, SparseAutoencoder, evaluate_sae, sae_step_grads, toy_data, train_sae)
+from rewardsae.sae import (NonFiniteError, SparseAutoencoder, _read_rows, _sample_rows, evaluate_sae, sae_step_grads, toy_data,
+                           train_sae)
 
 
 def _best_cos(true, learned):
@@ -94,6 +95,22 @@ def test_memmap_input_chunked_and_metrics_known(tmp_path):
                        progress=False)
     ev = evaluate_sae(sae, mm)
     assert ev["fvu"] < 1e-2 and 0.5 <= ev["l0"] <= 4.0 and m.fvu.iloc[0] > 10 * ev["fvu"]
+
+
+def test_read_rows_of_memmap_slices_equal_the_array(tmp_path):
+    X = np.arange(1000 * 6, dtype=np.float32).reshape(1000, 6)
+    np.save(tmp_path / "a.npy", X)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    for view, ref in ((mm, X), (mm[137:], X[137:]), (mm[5:900][10:], X[5:900][10:])):   # slices keep numpy's stale offset
+        got = _read_rows(view, [(3, 40), (700, 10_000), (50, 50)])                         # clipped; empty spans dropped
+        assert np.array_equal(got.numpy(), np.concatenate([ref[3:40], ref[700:]]))
+    np.save(tmp_path / "h.npy", X.astype(np.float16))                                      # not float32: the plain copy
+    assert np.array_equal(_read_rows(np.load(tmp_path / "h.npy", mmap_mode="r"), [(2, 9)]).numpy(), X[2:9])
+    a = _sample_rows(mm, 256, seed=3)                                                       # 4 blocks of 64 whole rows
+    assert a.shape == (256, 6) and torch.equal(a, _sample_rows(X, 256, seed=3))
+    starts = a[::64, 0].numpy() / 6
+    assert np.all(starts % 64 == 0) and np.all(np.diff(starts) > 0)
+    assert np.array_equal(a.numpy(), np.concatenate([X[int(s):int(s) + 64] for s in starts]))
 
 
 def test_evaluate_by_hand():
@@ -203,3 +220,28 @@ def test_bf16_matmuls_give_a_dictionary_of_equal_quality():
     assert not torch.equal(fp32.W, bf16.W)                           # it really took the other path
     with pytest.raises(ValueError, match="unknown compute dtype"):
         resolve_dtype("fp8")
+
+
+def test_fused_adam_trains_as_foreach(monkeypatch):
+    """Every trainer's Adam (`rewardsae.sae.adam`: torch's fused kernel for contiguous parameters) gives the same
+    weights as the `foreach` Adam. torch's fused CPU Adam silently misreads a gradient laid out unlike its parameter,
+    so a trainer with a transposed parameter or gradient fails here."""
+    import rewardsae.batchtopk as btk
+    import rewardsae.crosscoder as ccm
+    import rewardsae.sae as sae_mod
+    from rewardsae.sae import adam
+    assert "fused" in adam([torch.nn.Parameter(torch.zeros(3, 2))], 1e-3).defaults and \
+        adam([torch.nn.Parameter(torch.zeros(2, 3).T)], 1e-3).defaults["fused"] in (None, False)   # non-contiguous: foreach
+    X, _ = toy_data(n_samples=3000, d=16, n_features=32, k=3, seed=1)
+    Y = X + 0.1 * torch.randn_like(X)
+    runs = {"tied L1": lambda: train_sae(X, 32, l1_coef=1e-3, lr=1e-2, epochs=2, batch_size=256, progress=False)[0],
+            "untied L1": lambda: train_sae(X, 32, l1_coef=1e-3, lr=1e-2, epochs=2, tied=False, batch_size=256, progress=False)[0],
+            "BatchTopK": lambda: btk.train_batchtopk(X, 32, k=3, lr=1e-2, epochs=2, batch_size=256, progress=False)[0],
+            "crosscoder": lambda: ccm.train_crosscoder(X, Y, 32, k=3, lr=1e-2, epochs=2, batch_size=256, progress=False)[0]}
+    fused = {name: run().state_dict() for name, run in runs.items()}
+    foreach = lambda params, lr: torch.optim.Adam(list(params), lr=lr, foreach=True)
+    for mod in (sae_mod, btk, ccm):
+        monkeypatch.setattr(mod, "adam", foreach)
+    for name, run in runs.items():
+        for (n, a), b in zip(fused[name].items(), run().state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-4), f"{name} {n}: {(a - b).abs().max().item()}"
