@@ -33,10 +33,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_batchtopk import matmul_rates  # noqa: E402
 from common import machine, set_threads, table, write_json  # noqa: E402
 
 DEEP = [29]                  # worst case for early stop: every block runs, only the LM head is skipped
 MID = [3, 6, 9, 12, 15]      # a 5-layer selection ending at mid-depth
+PIPE = [17, 18, 20]          # the layers the cpu preset's reference run analyses (its top 3 by divergence)
 
 
 def review_texts(n: int, seed: int = 0) -> list[str]:
@@ -70,13 +72,14 @@ def plain_loop(model, tok, texts, layers, batch_size, max_length, sorted_batches
     return n_tok
 
 
-def harvest_once(model, tok, texts, layers, batch_size, max_length, site, workdir, keep: str | None = None) -> int:
+def harvest_once(model, tok, texts, layers, batch_size, max_length, site, workdir, keep: str | None = None,
+                 compute_dtype: str = "float32") -> int:
     "One harvest into a fresh temp store (deleted afterwards unless `keep` names where to move it)."
     from rewardsae.activations import harvest_activations
     out = Path(tempfile.mkdtemp(dir=workdir)) / "acts"
     try:
         st = harvest_activations(model, tok, texts, layers, out, max_length=max_length, batch_size=batch_size,
-                                 site=site, progress=False)
+                                 site=site, progress=False, compute_dtype=compute_dtype)
         if keep:
             shutil.rmtree(keep, ignore_errors=True)
             out.rename(keep)
@@ -134,6 +137,13 @@ def memory_child(n_docs: int, layers, batch_size: int, max_length: int, site: st
             "activation_bytes_written": n_tok * len(layers) * model.config.hidden_size * 4}
 
 
+def _flops_per_token(model) -> tuple[float, float]:
+    "Matmul FLOPs per token of one transformer block (2 × its linear weights) and of the LM head."
+    block = model.model.layers[0]
+    per_block = 2 * sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    return float(per_block), float(2 * model.lm_head.weight.numel())
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-docs", type=int, default=64, help="reviews for the throughput comparison")
@@ -174,12 +184,22 @@ def main(argv=None) -> dict:
         f"harvest resid, layers {DEEP}": lambda: harvest_once(model, tok, texts, DEEP, B, L, "resid", workdir),
         f"harvest resid, layers {MID}": lambda: harvest_once(model, tok, texts, MID, B, L, "resid", workdir),
         f"harvest mlp, layers {MID}": lambda: harvest_once(model, tok, texts, MID, B, L, "mlp", workdir),
+        f"plain, dataset order, layers {PIPE}": lambda: plain_loop(model, tok, texts, PIPE, B, L, False),
+        f"harvest mlp, layers {PIPE}": lambda: harvest_once(model, tok, texts, PIPE, B, L, "mlp", workdir),
+        f"harvest mlp, layers {PIPE}, bf16 products": lambda: harvest_once(model, tok, texts, PIPE, B, L, "mlp", workdir,
+                                                                           compute_dtype="bfloat16"),
     }
+    depth = {k: (n_layers if k.startswith("plain") else max(DEEP if "[29]" in k else MID if str(MID) in k else PIPE) + 1)
+             for k in sides}
     # warm-up on a few reviews
     plain_loop(model, tok, texts[:B], MID, B, L, False)
     harvest_once(model, tok, texts[:B], MID, B, L, "mlp", workdir)
+    harvest_once(model, tok, texts[:B], PIPE, B, L, "mlp", workdir, compute_dtype="bfloat16")
     runs = {k: [] for k in sides}
+    peaks = []
     for r in range(a.repeats):
+        peaks.append({dt: max(matmul_rates({"2048³": (2048, 2048, 2048), "B·L×d @ d×4d": (B * L, 576, 1536)}, dt).values())
+                      for dt in (torch.float32, torch.bfloat16)})
         for name, fn in sides.items():
             t0, c0 = time.perf_counter(), time.process_time()
             n_tok = fn()
@@ -193,14 +213,26 @@ def main(argv=None) -> dict:
         raise RuntimeError(f"the sides saw different numbers of real tokens: {ntoks}")
     ref = best[next(iter(sides))]["seconds"]
     ref_cpu = min(r["cpu_seconds"] for r in runs[next(iter(sides))])
-    rows = [{"method": k, "seconds": v["seconds"], "tokens/s": v["tokens"] / v["seconds"],
-             "× plain (dataset order)": ref / v["seconds"],
-             "CPU-s": min(r["cpu_seconds"] for r in runs[k]),
-             "× plain by CPU-s": ref_cpu / min(r["cpu_seconds"] for r in runs[k])} for k, v in best.items()]
+    peak = {dt: max(p[dt] for p in peaks) for dt in (torch.float32, torch.bfloat16)}
+    per_block, head = _flops_per_token(model)
+    rows = []
+    for k, v in best.items():
+        flops = v["tokens"] * (per_block * depth[k] + (head if k.startswith("plain") else 0)) / v["seconds"]
+        dt = torch.bfloat16 if "bf16" in k else torch.float32
+        rows.append({"method": k, "seconds": v["seconds"], "tokens/s": v["tokens"] / v["seconds"],
+                     "× plain (dataset order)": ref / v["seconds"],
+                     "CPU-s": min(r["cpu_seconds"] for r in runs[k]),
+                     "× plain by CPU-s": ref_cpu / min(r["cpu_seconds"] for r in runs[k]),
+                     "blocks run": depth[k], "GFLOP/s": flops / 1e9, "% of own peak": 100 * flops / peak[dt]})
     print()
-    print(table(rows, ["method", "seconds", "tokens/s", "× plain (dataset order)", "CPU-s", "× plain by CPU-s"]))
+    print(table(rows, ["method", "seconds", "tokens/s", "× plain (dataset order)", "CPU-s", "× plain by CPU-s", "blocks run",
+                       "GFLOP/s", "% of own peak"]))
+    print(f"matmul peak in this run: fp32 {peak[torch.float32] / 1e9:.0f}, bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s; "
+          f"FLOPs per token: 2 × the linear weights of the blocks run ({per_block / 1e6:.1f} MFLOP a block) + the LM head "
+          f"({head / 1e6:.1f} MFLOP) for the plain loop; attention scores left out")
     out = {"bench": "harvest", "machine": machine(), "args": {k: v for k, v in vars(a).items() if not k.startswith("_")},
-           "n_tokens": ntoks.pop(), "rows": rows, "all_repeats": runs}
+           "n_tokens": ntoks.pop(), "rows": rows, "all_repeats": runs,
+           "matmul_peak_flops": {str(k): v for k, v in peak.items()}}
 
     del model
 

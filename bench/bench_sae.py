@@ -81,11 +81,12 @@ def load_activations(store: str | None, layer: int | None, n_rows: int, d_in: in
     return (x + 0.1 * torch.randn(d_in, generator=g)).contiguous(), "synthetic (sparse combinations of random directions)"
 
 
-def run_rewardsae(x: torch.Tensor, d_sae: int, batch: int, epochs: int, tied: bool, l1: float, lr: float) -> dict:
+def run_rewardsae(x: torch.Tensor, d_sae: int, batch: int, epochs: int, tied: bool, l1: float, lr: float,
+                  compute_dtype: str = "float32") -> dict:
     from rewardsae.sae import train_sae
     t0 = time.perf_counter()
     _, metrics = train_sae(x, d_sae, l1_coef=l1, lr=lr, epochs=epochs, batch_size=batch, tied=tied, progress=False,
-                           device="cpu")
+                           device="cpu", compute_dtype=compute_dtype)
     return {"seconds": time.perf_counter() - t0, "fvu": float(metrics["fvu"].iloc[-1]), "l0": float(metrics["l0"].iloc[-1])}
 
 
@@ -112,7 +113,11 @@ def run_saelens(x: torch.Tensor, d_sae: int, batch: int, steps: int, l1: float, 
     seconds = time.perf_counter() - t0
     if trainer.n_training_steps != steps:
         raise RuntimeError(f"SAELens ran {trainer.n_training_steps} steps instead of {steps}")
-    return {"seconds": seconds}
+    with torch.no_grad():   # its final FVU and L0 on the training rows, as rewardsae's last epoch reports them
+        f = sae.encode(x)
+        fvu = float((sae.decode(f) - x).double().pow(2).sum() / (x.double() - x.double().mean(0)).pow(2).sum())
+        l0 = float((f > 0).float().sum(1).mean())
+    return {"seconds": seconds, "fvu": fvu, "l0": l0}
 
 
 def main(argv=None) -> dict:
@@ -155,13 +160,16 @@ def main(argv=None) -> dict:
           flush=True)
 
     sides = {"rewardsae untied": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, False, a.l1_coef, a.lr),
-             "rewardsae tied (paper)": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, True, a.l1_coef, a.lr)}
+             "rewardsae tied (paper)": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, True, a.l1_coef, a.lr),
+             "rewardsae untied, bf16 products": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, False, a.l1_coef, a.lr, "bfloat16"),
+             "rewardsae tied (paper), bf16 products": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, True, a.l1_coef, a.lr, "bfloat16")}
     if not a.skip_saelens:
         sides["SAELens standard"] = lambda: run_saelens(x, a.d_sae, B, steps, a.l1_coef, a.lr)
     # warm-up: a 2-step run of each side (imports, allocator, thread pool)
     xw = x[:2 * B]
     run_rewardsae(xw, a.d_sae, B, 1, False, a.l1_coef, a.lr)
     run_rewardsae(xw, a.d_sae, B, 1, True, a.l1_coef, a.lr)
+    run_rewardsae(xw, a.d_sae, B, 1, True, a.l1_coef, a.lr, "bfloat16")
     if not a.skip_saelens:
         run_saelens(xw, a.d_sae, B, 2, a.l1_coef, a.lr)
 
@@ -178,6 +186,7 @@ def main(argv=None) -> dict:
             print(f"  repeat {r + 1}: {name}: {res['seconds']:.2f} s, {res['cpu_seconds']:.2f} CPU-s "
                   f"({steps * B / res['seconds']:,.0f} vectors/s), load {res['loadavg_1m']:.1f}", flush=True)
     peak = max(p["peak"] for p in peaks)
+    peak16 = max(p["bf16_rate"] for p in peaks)
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = best.get("SAELens standard")
     cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
@@ -189,13 +198,15 @@ def main(argv=None) -> dict:
                      "CPU-s": cpu[name],
                      "× SAELens by CPU-s": (cpu["SAELens standard"] / cpu[name]) if ref else float("nan"),
                      "GFLOP/s": rate / 1e9, "% of matmul peak": 100 * rate / peak,
+                     "precision": "bf16" if "bf16" in name else "fp32",
+                     "% of own peak": 100 * rate / (peak16 if "bf16" in name else peak),
                      "final FVU": res.get("fvu", ""), "final L0": res.get("l0", "")})
     print()
-    print(table(rows, ["trainer", "seconds", "vectors/s", "× SAELens", "CPU-s", "× SAELens by CPU-s", "GFLOP/s",
-                       "% of matmul peak"]))
+    print(table(rows, ["trainer", "precision", "seconds", "vectors/s", "× SAELens", "CPU-s", "× SAELens by CPU-s", "GFLOP/s",
+                       "% of own peak", "final FVU", "final L0"]))
     print(f"\nfp32 matmul peak in this run: {peak / 1e9:.1f} GFLOP/s (best of: " +
           ", ".join(f"{k} {max(p['rates'][k] for p in peaks) / 1e9:.1f}" for k in peaks[0]["rates"]) + ")")
-    print(f"(for information: bf16 B×d @ d×m in this run: {max(p['bf16_rate'] for p in peaks) / 1e9:.1f} GFLOP/s)")
+    print(f"bf16 B×d @ d×m in this run (the bf16 rows' peak): {peak16 / 1e9:.1f} GFLOP/s")
     print(f"FLOPs counted per step: 10·B·d_in·d_sae = {sae_step_flops(B, a.d_in, a.d_sae) / 1e9:.2f} GFLOP (5 matmuls)")
     out = {"bench": "sae", "machine": machine(), "args": vars(a), "activations": source, "steps": steps,
            "flops_per_step": sae_step_flops(B, a.d_in, a.d_sae), "matmul_peak_flops": peak,

@@ -1,6 +1,8 @@
-"""Every benchmark in one go (what `make bench` runs): activation harvesting (throughput and memory), SAE training
-against SAELens and the matmul peak on the harvested real activations, BatchTopK SAE training against SAELens and
-dictionary-learning (its venv: .venv-bench-dl), and the stage timings of finished runs.
+"""Every benchmark in one go (what `make bench` runs): activation harvesting (throughput and memory, fp32 and bf16
+products), tied/untied L1 SAE training against SAELens, BatchTopK SAE training against SAELens and dictionary-learning
+(its venv: .venv-bench-dl), crosscoder training against dictionary-learning's BatchTopK on the concatenated pair, each
+beside the fp32 and bf16 matmul peaks measured in the same run, on the harvested real activations at the cpu preset's
+batch; and the stage timings of finished runs.
 Each benchmark runs in its own process with the same thread count; JSON results go to bench/results/.
 
     python bench/run_all.py                 # the sizes BENCHMARKS.md reports
@@ -51,18 +53,17 @@ def main(argv=None) -> None:
                 "--json", str(out / "quick_sae.json"), *th)
             run("bench_batchtopk.py", "--store", str(store), "--batch-size", "64", "--steps", "4", "--heldout", "64",
                 "--repeats", "1", "--json", str(out / "quick_batchtopk.json"), *th)
-        else:
-            run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "4", "--workdir", str(work),
+            run("bench_crosscoder.py", "--store", str(store), "--layers", "12", "15", "--batch-size", "64", "--steps", "4",
+                "--d-sae", "256", "--k", "8", "--heldout", "64", "--repeats", "1", "--json", str(out / "quick_crosscoder.json"), *th)
+        else:   # every comparison at the cpu preset's dictionary batch (1024) and k (62)
+            run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "3", "--workdir", str(work),
                 "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
-            run("bench_sae.py", "--store", str(store), "--epochs", "4", "--repeats", "3", "--json", str(out / "sae.json"), *th)
-            run("bench_sae.py", "--store", str(store), "--batch-size", "512", "--epochs", "2", "--repeats", "2",
-                "--json", str(out / "sae_batch512.json"), *th)
-            run("bench_batchtopk.py", "--store", str(store), "--steps", "64", "--repeats", "3",
-                "--json", str(out / "batchtopk.json"), *th)
-            run("bench_batchtopk.py", "--store", str(store), "--batch-size", "512", "--steps", "256", "--repeats", "3",
-                "--json", str(out / "batchtopk_batch512.json"), *th)
-            run("bench_adam.py", "--store", str(store), "--json", str(out / "adam.json"), *th)
-            run("bench_sae.py", "--epochs", "4", "--repeats", "2", "--json", str(out / "sae_synthetic.json"), *th)
+            run("bench_sae.py", "--store", str(store), "--batch-size", "1024", "--epochs", "2", "--repeats", "3",
+                "--json", str(out / "sae_batch1024.json"), *th)
+            run("bench_batchtopk.py", "--store", str(store), "--batch-size", "1024", "--k", "62", "--lr", "6e-3",
+                "--repeats", "3", "--json", str(out / "batchtopk_batch1024.json"), *th)
+            run("bench_crosscoder.py", "--store", str(store), "--layers", "12", "15", "--batch-size", "1024",
+                "--repeats", "3", "--json", str(out / "crosscoder_batch1024.json"), *th)
         run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
     finally:
         shutil.rmtree(work, ignore_errors=True)

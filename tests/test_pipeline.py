@@ -147,7 +147,9 @@ def test_sae_metrics_come_from_the_final_model_on_heldout_reviews(tmp_path, tune
     from rewardsae.pipeline import activation_store, heldout_split
     from rewardsae.sae import load_sae
     from rewardsae.sae_eval import heldout_metrics
-    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "ho"), **{**SMALL, "n_layers": 1}))
+    st = run_all(make_params(tuned=tuned_tiny, out=str(tmp_path / "ho"), **{**SMALL, "n_layers": 1, "large_epochs": 2}))
+    epochs = lambda size: int(pd.read_csv(st["saes"][("base", 3, size, 0)].folder / "curve.csv").epoch.max())
+    assert (epochs("large"), epochs("small")) == (2, 1)                    # large_epochs: the main dictionaries only
     store = activation_store(st["activations"]["base"])
     split = heldout_split(store, 0.1)
     held = set(store.doc[split:].tolist())
