@@ -55,6 +55,7 @@ class RLConfig:
     min_review_chars: int = 200      # only train reviews longer than this become prompts
     save_steps: int = 10             # checkpoint every this many optimiser updates
     seed: int = 0
+    compute_dtype: str = "auto"      # bfloat16: TRL's bf16 autocast for the log-prob and loss passes | float32 | auto: bf16 where measured faster
 
     @property
     def batch(self) -> int:
@@ -79,6 +80,8 @@ class RLConfig:
                              f"prompts_per_step × generations = {self.batch}")
         if self.min_prompt_tokens > self.max_prompt_tokens or self.min_new_tokens > self.max_new_tokens:
             raise ValueError("RLConfig: min_prompt_tokens/min_new_tokens must not exceed their max_")
+        if self.compute_dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"RLConfig.compute_dtype must be float32, bfloat16 or auto, got {self.compute_dtype!r}")
         if not (self.lr > 0 and self.beta >= 0 and self.max_grad_norm > 0 and self.clip_eps > 0):
             raise ValueError("RLConfig: lr, max_grad_norm and clip_eps must be positive and beta non-negative")
         return self
@@ -213,6 +216,7 @@ def _check_model_generates(model, tok, prompts: list[str], cfg: RLConfig) -> lis
 
 def _grpo_config(cfg: RLConfig, ckpt_dir: Path):
     from trl import GRPOConfig
+    from rewardsae.precision import resolve_dtype
     return GRPOConfig(
         output_dir=str(ckpt_dir), seed=cfg.seed, data_seed=cfg.seed,
         max_steps=cfg.steps * cfg.updates_per_step,
@@ -226,6 +230,9 @@ def _grpo_config(cfg: RLConfig, ckpt_dir: Path):
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=1, report_to="none",
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
         gradient_checkpointing=False,  # TRL turns it on by default; these models fit in memory, recomputing costs time
+        # TRL's default is bf16=True whatever the machine: accelerate's bf16 autocast around the log-prob and loss
+        # passes (generation stays fp32). Here it follows the measured choice, so a CPU without fast bf16 runs fp32.
+        bf16=resolve_dtype(cfg.compute_dtype) is not None,
     )
 
 
@@ -235,12 +242,15 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
+    from rewardsae.precision import compute_dtype
     cfg = config.validate()
+    if cfg.compute_dtype == "auto":                        # stored and compared as what it resolved to
+        cfg = replace(cfg, compute_dtype=compute_dtype())
     out = Path(out_dir)
     policy_dir = out / "policy"
     cfg_file = out / "config.json"
     if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
+        old = {"compute_dtype": "bfloat16", **json.loads(cfg_file.read_text())}   # before the field: TRL's default bf16
         if old != asdict(cfg):
             diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
             raise ValueError(f"{out} holds a run with a different config {diff}: use another folder")

@@ -106,7 +106,8 @@ def test_bootstrap_known_answers():
 def test_smoke_training_outputs(smoke_run, tmp_path):
     out, policy = smoke_run
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg == asdict(preset("smoke"))
+    from rewardsae.precision import compute_dtype
+    assert cfg == {**asdict(preset("smoke")), "compute_dtype": compute_dtype()}   # "auto" is stored as what it chose
     log = __import__("pandas").read_csv(out / "log.csv")
     assert list(log["step"]) == [1, 2] and {"reward", "kl", "completion_reward"} <= set(log.columns)
     assert (log["completion_reward"] <= log["reward"]).all()  # e_count(prompt + completion) >= e_count(completion)
@@ -155,3 +156,18 @@ def test_table4_same_weights_same_numbers(tmp_path):
     assert len(comp) == 24
     assert np.isclose(t.loc["aggregate_abs_utility", "base"], comp.loc[comp.model == "base", "abs_utility"].sum())
     assert (tmp_path / "table4.md").read_text() == table4_markdown(t)
+
+
+def test_rl_precision_is_the_measured_choice_and_fp32_is_real(tmp_path):
+    """TRL's GRPOConfig defaults to bf16=True (accelerate's bf16 autocast around the log-prob and loss passes) on every
+    machine; `compute_dtype` decides instead. fp32 must then really be fp32 (its logged numbers differ from bf16's in
+    the last digits) and bf16 must follow the same learning curve (same samples, so the same rewards; KL within 1e-4)."""
+    import pandas as pd
+    from rewardsae.rlhf import _grpo_config
+    assert _grpo_config(preset("smoke", compute_dtype="float32"), tmp_path).bf16 is False
+    assert _grpo_config(preset("smoke", compute_dtype="bfloat16"), tmp_path).bf16 is True
+    logs = {dt: pd.read_csv(train_policy(preset("smoke", steps=4, compute_dtype=dt), tmp_path / dt).parent / "log.csv")
+            for dt in ("float32", "bfloat16")}
+    a, b = logs["float32"], logs["bfloat16"]
+    assert len(a) == len(b) == 4 and (a.reward == b.reward).all()
+    assert (a.kl - b.kl).abs().max() < 1e-4 and not a.kl.equals(b.kl) and not a.grad_norm.equals(b.grad_norm)
