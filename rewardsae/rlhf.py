@@ -55,7 +55,7 @@ class RLConfig:
     min_review_chars: int = 200      # only train reviews longer than this become prompts
     save_steps: int = 10             # checkpoint every this many optimiser updates
     seed: int = 0
-    compute_dtype: str = "auto"      # bfloat16: TRL's bf16 autocast for the log-prob and loss passes | float32 | auto: bf16 where measured faster
+    compute_dtype: str = "auto"      # bfloat16: TRL's bf16 autocast over each step (sampling, log-probs, loss) | float32 | auto: bf16 where measured faster
 
     @property
     def batch(self) -> int:
@@ -230,8 +230,8 @@ def _grpo_config(cfg: RLConfig, ckpt_dir: Path):
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=1, report_to="none",
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
         gradient_checkpointing=False,  # TRL turns it on by default; these models fit in memory, recomputing costs time
-        # TRL's default is bf16=True whatever the machine: accelerate's bf16 autocast around the log-prob and loss
-        # passes (generation stays fp32). Here it follows the measured choice, so a CPU without fast bf16 runs fp32.
+        # TRL's default is bf16=True whatever the machine: accelerate's bf16 autocast around each training step
+        # (sampling, log-probs, loss). Here it follows the measured choice, so a CPU without fast bf16 runs fp32.
         bf16=resolve_dtype(cfg.compute_dtype) is not None,
     )
 
