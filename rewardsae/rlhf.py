@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .data import load_imdb
 from .files import atomic_file, atomic_folder, atomic_write_text
 from .models import load_causal_lm
+from .precision import compute_dtype, resolve_dtype
 from .rewards import utility_reward
 
 # %% auto #0
@@ -216,7 +217,6 @@ def _check_model_generates(model, tok, prompts: list[str], cfg: RLConfig) -> lis
 
 def _grpo_config(cfg: RLConfig, ckpt_dir: Path):
     from trl import GRPOConfig
-    from rewardsae.precision import resolve_dtype
     return GRPOConfig(
         output_dir=str(ckpt_dir), seed=cfg.seed, data_seed=cfg.seed,
         max_steps=cfg.steps * cfg.updates_per_step,
@@ -242,7 +242,6 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
-    from rewardsae.precision import compute_dtype
     cfg = config.validate()
     if cfg.compute_dtype == "auto":                        # stored and compared as what it resolved to
         cfg = replace(cfg, compute_dtype=compute_dtype())

@@ -171,4 +171,3 @@ def test_rl_precision_is_the_measured_choice_and_fp32_is_real(tmp_path):
     a, b = logs["float32"], logs["bfloat16"]
     assert len(a) == len(b) == 4 and (a.reward == b.reward).all()
     assert (a.kl - b.kl).abs().max() < 1e-4 and not a.kl.equals(b.kl) and not a.grad_norm.equals(b.grad_norm)
-
