@@ -2,7 +2,7 @@
 products), tied/untied L1 SAE training against SAELens, BatchTopK SAE training against SAELens and dictionary-learning
 (its venv: .venv-bench-dl), crosscoder training against dictionary-learning's BatchTopK on the concatenated pair, each
 beside the fp32 and bf16 matmul peaks measured in the same run, on the harvested real activations at the cpu preset's
-batch; and the stage timings of finished runs.
+batch; the RL stage's GRPO step against TRL's GRPOTrainer with its defaults; and the stage timings of finished runs.
 Each benchmark runs in its own process with the same thread count; JSON results go to bench/results/.
 
     python bench/run_all.py                 # the sizes BENCHMARKS.md reports
@@ -55,15 +55,19 @@ def main(argv=None) -> None:
                 "--repeats", "1", "--json", str(out / "quick_batchtopk.json"), *th)
             run("bench_crosscoder.py", "--store", str(store), "--layers", "12", "15", "--batch-size", "64", "--steps", "4",
                 "--d-sae", "256", "--k", "8", "--heldout", "64", "--repeats", "1", "--json", str(out / "quick_crosscoder.json"), *th)
-        else:   # every comparison at the cpu preset's dictionary batch (1024) and k (62)
-            run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "3", "--workdir", str(work),
+        else:   # every comparison at the cpu preset's dictionary batch (1024) and k (62); 2 interleaved repeats each
+            run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "2", "--workdir", str(work),
                 "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
-            run("bench_sae.py", "--store", str(store), "--batch-size", "1024", "--epochs", "2", "--repeats", "3",
+            run("bench_sae.py", "--store", str(store), "--batch-size", "1024", "--epochs", "2", "--repeats", "2",
                 "--json", str(out / "sae_batch1024.json"), *th)
             run("bench_batchtopk.py", "--store", str(store), "--batch-size", "1024", "--k", "62", "--lr", "6e-3",
-                "--repeats", "3", "--json", str(out / "batchtopk_batch1024.json"), *th)
+                "--repeats", "2", "--json", str(out / "batchtopk_batch1024.json"), *th)
             run("bench_crosscoder.py", "--store", str(store), "--layers", "12", "15", "--batch-size", "1024",
-                "--repeats", "3", "--json", str(out / "crosscoder_batch1024.json"), *th)
+                "--repeats", "2", "--json", str(out / "crosscoder_batch1024.json"), *th)
+        if a.quick:
+            run("bench_rl.py", "--steps", "2", "--rounds", "1", "--sides", "trl-defaults", "rewardsae", "--json", str(out / "quick_rl.json"), *th)
+        else:   # the RL step against TRL's defaults: 3 alternating rounds of 3 steps a side (~2.5 min)
+            run("bench_rl.py", "--steps", "3", "--rounds", "3", "--sides", "trl-defaults", "rewardsae", "--json", str(out / "rl.json"), *th)
         run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,7 @@ def test_presets_map_table1():
 
 
 @pytest.mark.parametrize("bad", [dict(reward="length"), dict(mini_batch=5), dict(generations=1), dict(steps=0),
-                                 dict(min_new_tokens=30)])
+                                 dict(min_new_tokens=30), dict(trainer="ppo")])
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         preset("smoke", **bad)
@@ -125,15 +125,23 @@ def test_smoke_training_outputs(smoke_run, tmp_path):
         train_policy(preset("smoke", lr=0.5), out)
 
 
-def test_resume_from_checkpoint(smoke_run, tmp_path):
-    out, policy = smoke_run
+@pytest.mark.parametrize("trainer,last", [("rewardsae", "step-1"), ("trl", "checkpoint-2")])
+def test_resume_from_checkpoint(trainer, last, smoke_run, tmp_path):
+    "Either trainer: a run without its policy/ resumes from its newest checkpoint and ends with the same weights."
     import shutil
+    if trainer == "rewardsae":
+        out, policy = smoke_run
+    else:
+        out = tmp_path / "trl"
+        policy = train_policy(preset("smoke", trainer="trl"), out, reward_fn=e_count)
+        log = __import__("pandas").read_csv(out / "log.csv")
+        assert list(log["step"]) == [1, 2] and {"reward", "kl", "completion_reward"} <= set(log.columns)
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "policy")                # as if interrupted after the last checkpoint
-    p2 = train_policy(preset("smoke"), copy, reward_fn=e_count)
+    p2 = train_policy(preset("smoke", trainer=trainer), copy, reward_fn=e_count)
     info = json.loads((copy / "run_info.json").read_text())
-    assert info["resumed_from"].endswith("checkpoint-2") and info["updates"] == 2
+    assert info["resumed_from"].endswith(last) and info["updates"] == 2
     a, _ = load_causal_lm(policy, device="cpu")
     b, _ = load_causal_lm(p2, device="cpu")
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
@@ -166,7 +174,7 @@ def test_rl_precision_is_the_measured_choice_and_fp32_is_real(tmp_path):
     from rewardsae.rlhf import _grpo_config
     assert _grpo_config(preset("smoke", compute_dtype="float32"), tmp_path).bf16 is False
     assert _grpo_config(preset("smoke", compute_dtype="bfloat16"), tmp_path).bf16 is True
-    logs = {dt: pd.read_csv(train_policy(preset("smoke", steps=4, compute_dtype=dt), tmp_path / dt).parent / "log.csv")
+    logs = {dt: pd.read_csv(train_policy(preset("smoke", steps=4, compute_dtype=dt, trainer="trl"), tmp_path / dt).parent / "log.csv")
             for dt in ("float32", "bfloat16")}
     a, b = logs["float32"], logs["bfloat16"]
     assert len(a) == len(b) == 4 and (a.reward == b.reward).all()
