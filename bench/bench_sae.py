@@ -130,6 +130,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=4, help="steps = steps-per-epoch × epochs")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; each side's best is reported")
     ap.add_argument("--l1-coef", type=float, default=1e-3)
+    ap.add_argument("--saelens-l1-coef", type=float, default=None,
+                    help="SAELens's L1 coefficient (default: --l1-coef). Its penalty is weighted by the decoder row norms, "
+                         "so the same number is a weaker penalty than ours: pass the one that gives its SAE our L0, to "
+                         "compare at equal sparsity")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every side (default: nproc)")
     ap.add_argument("--store", default=None, help="an activation store folder (harvest_activations) for real activations")
@@ -164,7 +168,8 @@ def main(argv=None) -> dict:
              "rewardsae untied, bf16 products": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, False, a.l1_coef, a.lr, "bfloat16"),
              "rewardsae tied (paper), bf16 products": lambda: run_rewardsae(x, a.d_sae, B, a.epochs, True, a.l1_coef, a.lr, "bfloat16")}
     if not a.skip_saelens:
-        sides["SAELens standard"] = lambda: run_saelens(x, a.d_sae, B, steps, a.l1_coef, a.lr)
+        sl1 = a.l1_coef if a.saelens_l1_coef is None else a.saelens_l1_coef
+        sides["SAELens standard"] = lambda: run_saelens(x, a.d_sae, B, steps, sl1, a.lr)
     # warm-up: a 2-step run of each side (imports, allocator, thread pool)
     xw = x[:2 * B]
     run_rewardsae(xw, a.d_sae, B, 1, False, a.l1_coef, a.lr)

@@ -58,7 +58,7 @@ def main(argv=None) -> None:
         else:   # every comparison at the cpu preset's dictionary batch (1024) and k (62); 2 interleaved repeats each
             run("bench_harvest.py", "--n-docs", "32", "--mem-docs", "64", "--repeats", "2", "--workdir", str(work),
                 "--keep-store", str(store), "--json", str(out / "harvest.json"), *th)
-            run("bench_sae.py", "--store", str(store), "--batch-size", "1024", "--epochs", "2", "--repeats", "2",
+            run("bench_sae.py", "--store", str(store), "--batch-size", "1024", "--epochs", "2", "--repeats", "2", "--saelens-l1-coef", "2.0",
                 "--json", str(out / "sae_batch1024.json"), *th)
             run("bench_batchtopk.py", "--store", str(store), "--batch-size", "1024", "--k", "62", "--lr", "6e-3",
                 "--repeats", "2", "--json", str(out / "batchtopk_batch1024.json"), *th)

@@ -257,6 +257,10 @@ def train_policy(config: RLConfig, out_dir: str | os.PathLike, reward_fn: Callab
             raise ValueError(f"{out} holds a run with a different config {diff}: use another folder")
     if policy_dir.is_dir():
         return policy_dir
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.trainer == "rewardsae" and world > 1:
+        raise ValueError(f"RLConfig.trainer 'rewardsae' runs in one process, but this is one of {world} "
+                         "(accelerate launch): use trainer=trl to spread a run over processes")
     name = cfg.reward
     fn = reward_fn if reward_fn is not None else reward_function(name)
 

@@ -179,3 +179,11 @@ def test_rl_precision_is_the_measured_choice_and_fp32_is_real(tmp_path):
     a, b = logs["float32"], logs["bfloat16"]
     assert len(a) == len(b) == 4 and (a.reward == b.reward).all()
     assert (a.kl - b.kl).abs().max() < 1e-4 and not a.kl.equals(b.kl) and not a.grad_norm.equals(b.grad_norm)
+
+
+def test_our_trainer_refuses_several_processes(tmp_path, monkeypatch):
+    "Under `accelerate launch --num_processes 4` each process would train its own copy into one folder: refused at once."
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="one process"):
+        train_policy(preset("smoke"), tmp_path / "x", reward_fn=e_count)
+    assert not (tmp_path / "x").exists()
