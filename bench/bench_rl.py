@@ -1,15 +1,15 @@
 """The RL stage's step: our GRPO step (rewardsae.grpo, what `make run` uses) against TRL's GRPOTrainer with its default
 settings and against TRL with the settings rewardsae gave it before (gradient checkpointing off), on the same
 configuration: the cpu preset (SmolLM2-135M, 4 prompts x 4 completions of 8-20 tokens, one update per step, lr 3e-5,
-beta 0.05), the same prompts, the utility reward. Each side loads a fresh model and runs `--steps` steps in this
+beta 0.05), the same prompts, the utility reward. Each side loads a fresh model and runs `--steps` steps in a
 process of its own (nothing one trainer leaves in memory can slow the next), in `--rounds` alternating rounds (a
 machine whose speed drifts slows both sides alike); a side's time per step is the median over all its runs' steps
-but each run's first (warm-up). TRL runs with its
-default bf16 autocast, ours with the machine's measured choice (rewardsae.precision); the fp32 and bf16 matmul peaks
+but each run's first `--warmup` (a process's first steps allocate the optimiser state and the allocator's pools: in
+3-step runs, step 2 took up to 1.6x step 3). TRL runs with its default bf16 autocast, ours with the machine's measured choice (rewardsae.precision); the fp32 and bf16 matmul peaks
 are measured in the same run, and each side's rate is an estimate of the step's matmul FLOPs over its time.
 
-    python bench/bench_rl.py --steps 3 --rounds 3     # what make bench runs
-    python bench/bench_rl.py --steps 50 --logs DIR    # the learning curves of chapter 4a (rl_log_<side>.csv)
+    python bench/bench_rl.py --sides trl-defaults rewardsae   # 2 rounds of 6 steps a side, 4 timed: what make bench runs
+    python bench/bench_rl.py --steps 50 --rounds 1 --sides trl-defaults rewardsae --logs DIR   # chapter 4a's curves
 """
 from __future__ import annotations
 
@@ -95,8 +95,9 @@ def step_gflop(cfg, log, n_params: float, prompt_tokens: float = 6.0) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5, help="steps a side in each round")
+    ap.add_argument("--steps", type=int, default=6, help="steps a side in each round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="steps of each run not timed")
     ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     ap.add_argument("--logs", default=None, help="folder for each side's per-step log (rl_log_<side>.csv)")
     ap.add_argument("--threads", type=int, default=None)
@@ -110,8 +111,8 @@ def main(argv=None):
         log.to_csv(Path(a.workdir) / f"rl_log_{a.one}.csv", index=False)
         print("RESULT " + json.dumps({"times": times, "compute_dtype": cfg.compute_dtype}), flush=True)
         return
-    if a.steps < 2:
-        raise SystemExit("--steps must be at least 2 (step 1 only warms up)")
+    if a.steps <= a.warmup:
+        raise SystemExit(f"--steps must exceed --warmup ({a.warmup}): the first steps of each run only warm up")
     set_threads(a.threads)
     from rewardsae.precision import matmul_rate
     peak = {"float32": matmul_rate(torch.float32, 2048), "bfloat16": matmul_rate(torch.bfloat16, 2048)}
@@ -138,12 +139,12 @@ def main(argv=None):
                 from rewardsae import rlhf
                 cfg = rlhf.preset("cpu", steps=a.steps, compute_dtype=res["compute_dtype"])
                 raw[side].append({"step_seconds": times, "wall": time.perf_counter() - t0, "loadavg_1m": os.getloadavg()[0]})
-                print(f"round {r + 1}, {side}: {sorted(times[1:])[len(times[1:]) // 2]:.2f} s/step", flush=True)
+                print(f"round {r + 1}, {side}: " + ", ".join(f"{t:.2f}" for t in times) + " s a step", flush=True)
                 if a.logs and r == a.rounds - 1:
                     Path(a.logs).mkdir(parents=True, exist_ok=True)
                     log.to_csv(Path(a.logs) / f"rl_log_{side}.csv", index=False)
                 if r == a.rounds - 1:
-                    after = sorted(t for run in raw[side] for t in run["step_seconds"][1:])
+                    after = sorted(t for run in raw[side] for t in run["step_seconds"][a.warmup:])
                     med = after[len(after) // 2]
                     dtype = "bfloat16" if side.startswith("trl") or cfg.compute_dtype == "bfloat16" else "float32"
                     gf = step_gflop(cfg, log, n_params)
