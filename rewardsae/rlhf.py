@@ -56,9 +56,9 @@ class RLConfig:
     min_new_tokens: int = 8
     max_new_tokens: int = 20
     min_review_chars: int = 200      # only train reviews longer than this become prompts
-    save_steps: int = 10             # checkpoint every this many optimiser updates
+    save_steps: int = 10             # checkpoint every this many steps (ours) / optimiser updates (TRL's)
     seed: int = 0
-    compute_dtype: str = "auto"      # bfloat16: TRL's bf16 autocast over each step (sampling, log-probs, loss) | float32 | auto: bf16 where measured faster
+    compute_dtype: str = "auto"      # bfloat16: bf16 autocast over each step (sampling, log-probs, loss) | float32 | auto: bf16 where measured faster
     trainer: str = "rewardsae"       # "rewardsae": the GRPO step of chapter 4a (same update, 1.6x faster) | "trl": TRL's GRPOTrainer
 
     @property
