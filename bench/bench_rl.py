@@ -114,6 +114,8 @@ def main(argv=None):
     if a.steps <= a.warmup:
         raise SystemExit(f"--steps must exceed --warmup ({a.warmup}): the first steps of each run only warm up")
     set_threads(a.threads)
+    import pandas as pd
+    from rewardsae import rlhf
     from rewardsae.precision import matmul_rate
     peak = {"float32": matmul_rate(torch.float32, 2048), "bfloat16": matmul_rate(torch.bfloat16, 2048)}
     print(f"matmul peak GFLOP/s: fp32 {peak['float32']:.0f}, bf16 {peak['bfloat16']:.0f}", flush=True)
@@ -134,9 +136,7 @@ def main(argv=None):
                     raise SystemExit(f"RuntimeError: {side} failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
                 res = json.loads(found[-1][len("RESULT "):])
                 times = res["times"]
-                import pandas as pd
                 log = pd.read_csv(work / f"rl_log_{side}.csv")
-                from rewardsae import rlhf
                 cfg = rlhf.preset("cpu", steps=a.steps, compute_dtype=res["compute_dtype"])
                 raw[side].append({"step_seconds": times, "wall": time.perf_counter() - t0, "loadavg_1m": os.getloadavg()[0]})
                 print(f"round {r + 1}, {side}: " + ", ".join(f"{t:.2f}" for t in times) + " s a step", flush=True)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .files import atomic_file, atomic_folder
+from .sae import adam
 
 # %% auto #0
 __all__ = ['LOG_COLUMNS', 'sample_tokens', 'completion_mask', 'positions', 'sample_completions', 'token_logps',
@@ -176,7 +178,6 @@ def train_grpo(model, tokenizer, prompts: Sequence[str], reward_fn: Callable[[li
     """Fine-tune `model` (in place) with GRPO as configured by `cfg` (an `RLConfig`) on `prompts`, rewarding
     prompt + completion with `reward_fn`; bf16 autocast when `dtype` is bf16. Checkpoints go to `out_dir/checkpoints`
     (resumed from when present), the per-step log to `out_dir/log.csv`; returns the log."""
-    import time
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     need = cfg.steps * cfg.prompts_per_step
@@ -186,9 +187,7 @@ def train_grpo(model, tokenizer, prompts: Sequence[str], reward_fn: Callable[[li
     if eos is None or pad is None:
         raise ValueError("train_grpo: the tokenizer needs an eos_token_id and a pad_token_id")
     params = [q for q in model.parameters() if q.requires_grad]
-    fused = all(q.dtype == torch.float32 and q.is_contiguous() and q.device.type in ("cpu", "cuda") for q in params)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                            **({"fused": True} if fused else {"foreach": True}))
+    opt = adam(params, cfg.lr)   # TRL's AdamW has weight decay 0: the same update as Adam (bit-identical, fused)
     gen = torch.Generator().manual_seed(cfg.seed)
     ref = frozen_reference(model, dtype) if cfg.beta != 0.0 else None
     start, log = 0, []

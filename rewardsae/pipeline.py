@@ -209,8 +209,6 @@ def stage_policy(p: RunParams, run: Path) -> Stage:
     config = rlhf.preset(p.preset, model=p.model, reward=p.reward, seed=p.seed, compute_dtype=run_dtype(p),
                          **({"steps": int(p.rl_steps)} if p.rl_steps else {}))
     key = dataclasses.asdict(config)   # the whole RL config: a changed preset retrains
-    if key["compute_dtype"] == "bfloat16":
-        del key["compute_dtype"]       # TRL's default, which every earlier run used: their keys stay valid
     work = Path(run) / "work" / f"policy-{fingerprint(key)}"   # checkpoints outside the stage: a killed run resumes
     def compute(folder):
         path = rlhf.train_policy(config, work)
