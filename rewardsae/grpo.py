@@ -23,14 +23,16 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .files import atomic_file, atomic_folder
 from .sae import adam
 
 # %% auto #0
-__all__ = ['LOG_COLUMNS', 'sample_tokens', 'completion_mask', 'positions', 'sample_completions', 'token_logps',
-           'group_advantages', 'grpo_loss', 'frozen_reference', 'latest_checkpoint', 'train_grpo', 'log_table']
+__all__ = ['LOG_COLUMNS', 'sample_tokens', 'completion_mask', 'positions', 'decodes_lean', 'LlamaDecoder', 'sample_completions',
+           'token_logps', 'group_advantages', 'grpo_loss', 'frozen_reference', 'latest_checkpoint', 'train_grpo',
+           'log_table']
 
 # %% ../nbs/04a_grpo.ipynb #796fb659
 def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -51,22 +53,109 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     "Position ids of a left-padded batch: 0 at each row's first real token (as `generate` computes them)."
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
+# %% ../nbs/04a_grpo.ipynb #68e672f9
+def decodes_lean(model) -> bool:
+    "Whether `LlamaDecoder` reproduces `model`: a Llama-architecture causal LM with default RoPE, no biases, SiLU MLP."
+    c = getattr(model, "config", None)
+    rot = getattr(getattr(model, "model", None), "rotary_emb", None)
+    return (c is not None and c.model_type == "llama" and rot is not None and getattr(rot, "rope_type", "") == "default"
+            and c.hidden_act == "silu" and not c.attention_bias and not c.mlp_bias
+            and getattr(c, "pretraining_tp", 1) == 1 and model.device.type == "cpu")
 
+
+def _packed(w: torch.Tensor, rows: int) -> torch.Tensor:
+    "`w` (out × in) in oneDNN's blocked layout for `rows`-row products when it is bf16 and oneDNN is there; else `w`."
+    if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        with contextlib.suppress(RuntimeError, AttributeError):
+            return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    return w
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    "`x @ w.T` for a weight from `_packed`."
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return x @ w.T
+
+
+class LlamaDecoder:
+    """Token-by-token decoding of a Llama-family `model` after its prompt: `step(tokens, positions)` feeds one token per
+    row and returns the next-token logits (fp32). Built from the model's cache after the prompt (`cache`,
+    `prompt_mask`); in the precision autocast has on when it is built (fp32 without autocast)."""
+
+    def __init__(self, model, cache, prompt_mask: torch.Tensor, max_new_tokens: int):
+        c, m = model.config, model.model
+        on = torch.is_autocast_enabled("cpu")
+        self.dtype = dt = torch.get_autocast_dtype("cpu") if on else torch.float32
+        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.eps, self.inv_freq, self.rope_scale = c.rms_norm_eps, m.rotary_emb.inv_freq.float(), m.rotary_emb.attention_scaling
+        B, P = prompt_mask.shape
+        pack = lambda w: _packed(w.detach().to(dt), B)
+        self.layers = [(l.input_layernorm.weight.detach(),
+                        pack(torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight])),
+                        pack(l.self_attn.o_proj.weight), l.post_attention_layernorm.weight.detach(),
+                        pack(torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight])), pack(l.mlp.down_proj.weight))
+                       for l in m.layers]
+        self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), pack(model.lm_head.weight)
+        # keys and values in fp32 holding the values autocast's attention would see (rounded to `dt`)
+        self.keys = torch.zeros(len(m.layers), B, self.kv_heads, P + max_new_tokens, self.head_dim)
+        self.values = torch.zeros_like(self.keys)
+        for i, layer in enumerate(cache.layers):
+            self.keys[i, :, :, :P] = layer.keys.to(dt)
+            self.values[i, :, :, :P] = layer.values.to(dt)
+        self.mask = torch.zeros(B, 1, 1, P + max_new_tokens, dtype=torch.bool)
+        self.mask[:, 0, 0, :P] = prompt_mask.bool()
+        self.length = P
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * w
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        "Next-token logits (B × vocab, fp32) after `tokens` (B,) at position ids `positions` (B,)."
+        B, H, KV, hd, dt, T = tokens.shape[0], self.heads, self.kv_heads, self.head_dim, self.dtype, self.length
+        with torch.autocast("cpu", enabled=False):
+            freqs = positions.float()[:, None] * self.inv_freq
+            angles = torch.cat((freqs, freqs), -1)
+            cos, sin = (angles.cos() * self.rope_scale)[:, None], (angles.sin() * self.rope_scale)[:, None]
+            self.mask[:, 0, 0, T] = True
+            mask, half = self.mask[..., :T + 1], hd // 2
+            x = self.embed[tokens]
+            for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
+                qkv = _linear(self._rms(x, w_in).to(dt), w_qkv)
+                qk = qkv[:, :(H + KV) * hd].float().view(B, H + KV, hd)
+                qk = (qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin).to(dt).float()
+                self.keys[i, :, :, T] = qk[:, H:]
+                self.values[i, :, :, T] = qkv[:, (H + KV) * hd:].view(B, KV, hd)
+                q = qk[:, :H].view(B, KV, H // KV, hd)   # query heads grouped by the key/value head they share
+                att = ((q @ self.keys[i, :, :, :T + 1].transpose(-1, -2)) * hd ** -0.5).masked_fill_(~mask, -math.inf)
+                att = (att.softmax(-1) @ self.values[i, :, :, :T + 1]).to(dt)
+                x = x + _linear(att.reshape(B, H * hd), w_o)
+                gate, up = _linear(self._rms(x, w_post).to(dt), w_gate_up).chunk(2, -1)
+                x = x + _linear(torch.nn.functional.silu(gate) * up, w_down)
+            self.length = T + 1
+            return _linear(self._rms(x, self.norm).to(dt), self.head).float()
+
+# %% ../nbs/04a_grpo.ipynb #c1d660d5
 @torch.no_grad()
 def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                        min_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                       generator: torch.Generator | None = None, temperature: float = 1.0):
+                       generator: torch.Generator | None = None, temperature: float = 1.0, lean: bool | None = None):
     """`(completion_ids, completion_mask)`: up to `max_new_tokens` tokens sampled after each left-padded prompt with
     the KV cache (temperature `temperature`, no top-k/top-p), EOS barred for the first `min_new_tokens`; a row that
-    has ended gets `pad_token_id`. Stops when every row has ended."""
+    has ended gets `pad_token_id`. Stops when every row has ended. The prompt goes through `model`; each new token
+    through `LlamaDecoder` when `lean` (default: when `decodes_lean(model)`), else through `model` with its cache."""
     B = prompt_ids.shape[0]
     pos = positions(prompt_mask)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, mask, nxt = out.past_key_values, prompt_mask, pos[:, -1:] + 1
+    logits, cache, mask, nxt = out.logits[:, -1].float(), out.past_key_values, prompt_mask, pos[:, -1:] + 1
+    lean = decodes_lean(model) if lean is None else lean
+    dec = LlamaDecoder(model, cache, prompt_mask, max_new_tokens) if lean and max_new_tokens > 1 else None
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     tokens = []
     for i in range(max_new_tokens):
-        logits = out.logits[:, -1].float() / temperature
+        logits = logits / temperature
         if i < min_new_tokens:
             logits[:, eos_token_id] = -math.inf
         t = sample_tokens(torch.softmax(logits, -1), generator).masked_fill_(done, pad_token_id)
@@ -74,8 +163,12 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
         done |= t == eos_token_id
         if bool(done.all()) or i == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-        out = model(input_ids=t[:, None], attention_mask=mask, position_ids=nxt, past_key_values=cache, use_cache=True)
+        if dec is not None:
+            logits = dec.step(t, nxt[:, 0])
+        else:
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+            out = model(input_ids=t[:, None], attention_mask=mask, position_ids=nxt, past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
         nxt = nxt + 1
     ids = torch.stack(tokens, 1)
     return ids, completion_mask(ids, eos_token_id)
@@ -85,8 +178,9 @@ def token_logps(model, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                 entropy: bool = True):
     """`(logps, entropies)`: fp32 log-probability of each of the last `n_completion` tokens of `ids` given what precedes
     it, and the entropy of that position's distribution (no gradient; None unless `entropy`)."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                   logits_to_keep=n_completion + 1).logits[:, :-1].float()
+    with sdpa_kernel(SDPBackend.MATH):   # at ≤ 30 tokens, faster than flash attention (whose backward costs 0.2 s a step)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                       logits_to_keep=n_completion + 1).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     lse = logits.logsumexp(-1)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rewardsae.grpo import (completion_mask, group_advantages, grpo_loss, latest_checkpoint, sample_completions,
-                            sample_tokens, token_logps, train_grpo)
+from rewardsae.grpo import (LlamaDecoder, _linear, _packed, completion_mask, decodes_lean, group_advantages, grpo_loss,
+                            latest_checkpoint, positions, sample_completions, sample_tokens, token_logps, train_grpo)
 from rewardsae.models import load_causal_lm
 from rewardsae.rlhf import make_prompts, preset, train_policy
 
@@ -20,6 +20,82 @@ def e_count(texts):
 @pytest.fixture(scope="module")
 def tiny():
     return load_causal_lm("tiny-neox", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    "A random 2-layer Llama (grouped-query attention, tied head) with a vocabulary of 300, in fp32."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0, pad_token_id=0, eos_token_id=1)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():   # sharper distributions than the default init's, so that a wrong step shows in the logits
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() > 1 else None
+    return model
+
+
+def _decoder_logits(model, ids, mask, new, dtype=None):
+    "Next-token logits after the prompt's cache, then after each column of `new`, from `LlamaDecoder` (B × steps × V)."
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), ctx:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1)
+        dec = LlamaDecoder(model, out.past_key_values, mask, new.shape[1])
+        nxt = positions(mask)[:, -1] + 1
+        return torch.stack([dec.step(new[:, j], nxt + j) for j in range(new.shape[1])], 1)
+
+
+def _prompts(B=6, P=7, new=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 300, (B, P), generator=g)
+    mask = torch.ones(B, P, dtype=torch.long)
+    for r in range(B):
+        mask[r, :r % 4] = 0                                     # left padding of 0-3 tokens
+    return ids, mask, torch.randint(2, 300, (B, new), generator=g)
+
+
+def test_lean_decoder_equals_the_model_in_fp32(tiny_llama):
+    "Token by token after a left-padded prompt, the decoder's logits are the full forward pass's (fp32)."
+    ids, mask, new = _prompts()
+    full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
+    with torch.no_grad():
+        want = tiny_llama(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
+    got = _decoder_logits(tiny_llama, ids, mask, new)
+    assert decodes_lean(tiny_llama)
+    assert want.abs().max() > 1                                  # logits of a size where a wrong step would show
+    assert (got - want[:, -new.shape[1]:]).abs().max() < 1e-4
+
+
+def test_lean_decoder_in_bf16_is_as_close_to_fp32_as_autocast(tiny_llama):
+    "In bf16 the decoder's distributions are as close to the fp32 model's as the model's own under autocast."
+    ids, mask, new = _prompts()
+    full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
+    kw = dict(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask))
+    with torch.no_grad():
+        fp32 = tiny_llama(**kw).logits[:, -new.shape[1]:].log_softmax(-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = tiny_llama(**kw).logits[:, -new.shape[1]:].float().log_softmax(-1)
+    lean = _decoder_logits(tiny_llama, ids, mask, new, torch.bfloat16).log_softmax(-1)
+    kl = lambda q: float((fp32.exp() * (fp32 - q)).sum(-1).mean())
+    assert kl(lean) < 2 * kl(auto) + 1e-5, (kl(lean), kl(auto))
+
+
+def test_packed_bf16_weights_give_the_same_products():
+    "oneDNN's blocked layout changes how the weight is read, not the bf16 product: bit-identical to x @ w.T."
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(16, 64, generator=g).bfloat16(), torch.randn(96, 64, generator=g).bfloat16()
+    assert torch.equal(_linear(x, _packed(w, 16)), x @ w.T)
+
+
+def test_lean_sampling_draws_the_tokens_of_the_model_path(tiny_llama, tiny):
+    "With the same generator, sampling through the decoder gives the tokens sampling through the model does (fp32)."
+    ids, mask, _ = _prompts(B=8, seed=3)
+    kw = dict(max_new_tokens=12, min_new_tokens=3, eos_token_id=1, pad_token_id=0)
+    a, am = sample_completions(tiny_llama, ids, mask, generator=torch.Generator().manual_seed(5), lean=False, **kw)
+    b, bm = sample_completions(tiny_llama, ids, mask, generator=torch.Generator().manual_seed(5), lean=True, **kw)
+    assert torch.equal(a, b) and torch.equal(am, bm) and a.shape[1] > 3
+    assert not decodes_lean(tiny[0])                              # GPT-NeoX decodes through transformers
 
 
 def test_sample_tokens_draws_each_token_with_its_probability():
