@@ -79,63 +79,64 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaDecoder:
-    """Token-by-token decoding of a Llama-family `model` after its prompt: `step(tokens, positions)` feeds one token per
-    row and returns the next-token logits (fp32). Built from the model's cache after the prompt (`cache`,
-    `prompt_mask`); in the precision autocast has on when it is built (fp32 without autocast)."""
+    """Decoding through a Llama-family `model` with a cache of `max_len` positions for `batch` rows:
+    `forward(tokens, positions, valid)` appends a block of tokens (the prompt, then one token at a time) and returns
+    the next-token logits after the block's last one (fp32). In the precision autocast has on when it is built (fp32
+    without autocast); weights are read when it is built, so build one per sampling call."""
 
-    def __init__(self, model, cache, prompt_mask: torch.Tensor, max_new_tokens: int):
+    def __init__(self, model, batch: int, max_len: int):
         c, m = model.config, model.model
-        on = torch.is_autocast_enabled("cpu")
-        self.dtype = dt = torch.get_autocast_dtype("cpu") if on else torch.float32
+        self.dtype = dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.eps, self.inv_freq, self.rope_scale = c.rms_norm_eps, m.rotary_emb.inv_freq.float(), m.rotary_emb.attention_scaling
-        B, P = prompt_mask.shape
-        pack = lambda w: _packed(w.detach().to(dt), B)
+        pack = lambda *ws: _packed(torch.cat([w.detach().to(dt) for w in ws]), batch)
         self.layers = [(l.input_layernorm.weight.detach(),
-                        pack(torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight])),
+                        pack(l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight),
                         pack(l.self_attn.o_proj.weight), l.post_attention_layernorm.weight.detach(),
-                        pack(torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight])), pack(l.mlp.down_proj.weight))
+                        pack(l.mlp.gate_proj.weight, l.mlp.up_proj.weight), pack(l.mlp.down_proj.weight))
                        for l in m.layers]
         self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), pack(model.lm_head.weight)
-        # keys and values in fp32 holding the values autocast's attention would see (rounded to `dt`)
-        self.keys = torch.zeros(len(m.layers), B, self.kv_heads, P + max_new_tokens, self.head_dim)
+        # keys and values in fp32, holding the values autocast's attention would see (rounded to `dt`)
+        self.keys = torch.zeros(len(m.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.values = torch.zeros_like(self.keys)
-        for i, layer in enumerate(cache.layers):
-            self.keys[i, :, :, :P] = layer.keys.to(dt)
-            self.values[i, :, :, :P] = layer.values.to(dt)
-        self.mask = torch.zeros(B, 1, 1, P + max_new_tokens, dtype=torch.bool)
-        self.mask[:, 0, 0, :P] = prompt_mask.bool()
-        self.length = P
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool)   # which cached positions are real tokens
+        self.length = 0
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * w
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        "Next-token logits (B × vocab, fp32) after `tokens` (B,) at position ids `positions` (B,)."
-        B, H, KV, hd, dt, T = tokens.shape[0], self.heads, self.kv_heads, self.head_dim, self.dtype, self.length
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B × vocab, fp32) after appending `tokens` (B × T) at position ids `positions` (B × T);
+        `valid` (B × T, default all) marks real tokens: padding is never attended to, except by itself."""
+        B, T = tokens.shape
+        H, KV, hd, dt, L0 = self.heads, self.kv_heads, self.head_dim, self.dtype, self.length
+        L, G, half = L0 + T, self.heads // self.kv_heads, self.head_dim // 2
+        self.valid[:, L0:L] = True if valid is None else valid.bool()
+        k_pos, q_pos = torch.arange(L), torch.arange(L0, L)
+        mask = (self.valid[:, None, :L] & (k_pos[None, None] <= q_pos[None, :, None])) | (k_pos == q_pos[:, None])
+        mask = mask[:, None, None]                                   # B × 1 × 1 × T × L, against B × KV × G × T × L
         with torch.autocast("cpu", enabled=False):
-            freqs = positions.float()[:, None] * self.inv_freq
+            freqs = positions.float()[..., None] * self.inv_freq
             angles = torch.cat((freqs, freqs), -1)
-            cos, sin = (angles.cos() * self.rope_scale)[:, None], (angles.sin() * self.rope_scale)[:, None]
-            self.mask[:, 0, 0, T] = True
-            mask, half = self.mask[..., :T + 1], hd // 2
-            x = self.embed[tokens]
+            cos, sin = (angles.cos() * self.rope_scale)[:, :, None], (angles.sin() * self.rope_scale)[:, :, None]
+            x = self.embed[tokens].view(B * T, -1)
             for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
-                qkv = _linear(self._rms(x, w_in).to(dt), w_qkv)
-                qk = qkv[:, :(H + KV) * hd].float().view(B, H + KV, hd)
+                qkv = _linear(self._rms(x, w_in).to(dt), w_qkv).view(B, T, H + 2 * KV, hd)
+                qk = qkv[:, :, :H + KV].float()
                 qk = (qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin).to(dt).float()
-                self.keys[i, :, :, T] = qk[:, H:]
-                self.values[i, :, :, T] = qkv[:, (H + KV) * hd:].view(B, KV, hd)
-                q = qk[:, :H].view(B, KV, H // KV, hd)   # query heads grouped by the key/value head they share
-                att = ((q @ self.keys[i, :, :, :T + 1].transpose(-1, -2)) * hd ** -0.5).masked_fill_(~mask, -math.inf)
-                att = (att.softmax(-1) @ self.values[i, :, :, :T + 1]).to(dt)
-                x = x + _linear(att.reshape(B, H * hd), w_o)
+                self.keys[i, :, :, L0:L] = qk[:, :, H:].transpose(1, 2)
+                self.values[i, :, :, L0:L] = qkv[:, :, H + KV:].transpose(1, 2)
+                q = qk[:, :, :H].view(B, T, KV, G, hd).permute(0, 2, 3, 1, 4)   # query heads grouped by their key head
+                att = (q @ self.keys[i, :, :, None, :L].transpose(-1, -2)) * hd ** -0.5
+                att = att.masked_fill_(~mask, -math.inf).softmax(-1) @ self.values[i, :, :, None, :L]
+                x = x + _linear(att.permute(0, 3, 1, 2, 4).reshape(B * T, H * hd).to(dt), w_o)
                 gate, up = _linear(self._rms(x, w_post).to(dt), w_gate_up).chunk(2, -1)
                 x = x + _linear(torch.nn.functional.silu(gate) * up, w_down)
-            self.length = T + 1
-            return _linear(self._rms(x, self.norm).to(dt), self.head).float()
+            self.length = L
+            last = x.view(B, T, -1)[:, -1]
+            return _linear(self._rms(last, self.norm).to(dt), self.head).float()
 
 # %% ../nbs/04a_grpo.ipynb #c1d660d5
 @torch.no_grad()
@@ -144,14 +145,17 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
                        generator: torch.Generator | None = None, temperature: float = 1.0, lean: bool | None = None):
     """`(completion_ids, completion_mask)`: up to `max_new_tokens` tokens sampled after each left-padded prompt with
     the KV cache (temperature `temperature`, no top-k/top-p), EOS barred for the first `min_new_tokens`; a row that
-    has ended gets `pad_token_id`. Stops when every row has ended. The prompt goes through `model`; each new token
-    through `LlamaDecoder` when `lean` (default: when `decodes_lean(model)`), else through `model` with its cache."""
-    B = prompt_ids.shape[0]
-    pos = positions(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    logits, cache, mask, nxt = out.logits[:, -1].float(), out.past_key_values, prompt_mask, pos[:, -1:] + 1
+    has ended gets `pad_token_id`. Stops when every row has ended. Through `LlamaDecoder` when `lean` (default: when
+    `decodes_lean(model)`), else through `model` with its cache."""
+    (B, P), pos = prompt_ids.shape, positions(prompt_mask)
     lean = decodes_lean(model) if lean is None else lean
-    dec = LlamaDecoder(model, cache, prompt_mask, max_new_tokens) if lean and max_new_tokens > 1 else None
+    if lean:
+        dec = LlamaDecoder(model, B, P + max_new_tokens)
+        logits = dec.forward(prompt_ids, pos, prompt_mask)
+    else:
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        logits, cache, mask = out.logits[:, -1].float(), out.past_key_values, prompt_mask
+    nxt = pos[:, -1:] + 1
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     tokens = []
     for i in range(max_new_tokens):
@@ -163,8 +167,8 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
         done |= t == eos_token_id
         if bool(done.all()) or i == max_new_tokens - 1:
             break
-        if dec is not None:
-            logits = dec.step(t, nxt[:, 0])
+        if lean:
+            logits = dec.forward(t[:, None], nxt)
         else:
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
             out = model(input_ids=t[:, None], attention_mask=mask, position_ids=nxt, past_key_values=cache, use_cache=True)

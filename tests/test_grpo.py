@@ -37,13 +37,13 @@ def tiny_llama():
 
 
 def _decoder_logits(model, ids, mask, new, dtype=None):
-    "Next-token logits after the prompt's cache, then after each column of `new`, from `LlamaDecoder` (B × steps × V)."
+    "`LlamaDecoder`'s next-token logits after the prompt, then after each column of `new` (B × (1 + steps) × V)."
     ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), ctx:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True, logits_to_keep=1)
-        dec = LlamaDecoder(model, out.past_key_values, mask, new.shape[1])
-        nxt = positions(mask)[:, -1] + 1
-        return torch.stack([dec.step(new[:, j], nxt + j) for j in range(new.shape[1])], 1)
+        dec = LlamaDecoder(model, ids.shape[0], ids.shape[1] + new.shape[1])
+        pos = positions(mask)
+        out = [dec.forward(ids, pos, mask)]
+        return torch.stack(out + [dec.forward(new[:, j:j + 1], pos[:, -1:] + 1 + j) for j in range(new.shape[1])], 1)
 
 
 def _prompts(B=6, P=7, new=5, seed=1):
@@ -56,7 +56,7 @@ def _prompts(B=6, P=7, new=5, seed=1):
 
 
 def test_lean_decoder_equals_the_model_in_fp32(tiny_llama):
-    "Token by token after a left-padded prompt, the decoder's logits are the full forward pass's (fp32)."
+    "After a left-padded prompt, then token by token, the decoder's logits are the full forward pass's (fp32)."
     ids, mask, new = _prompts()
     full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_lean_decoder_equals_the_model_in_fp32(tiny_llama):
     got = _decoder_logits(tiny_llama, ids, mask, new)
     assert decodes_lean(tiny_llama)
     assert want.abs().max() > 1                                  # logits of a size where a wrong step would show
-    assert (got - want[:, -new.shape[1]:]).abs().max() < 1e-4
+    assert (got - want[:, -new.shape[1] - 1:]).abs().max() < 1e-4
 
 
 def test_lean_decoder_in_bf16_is_as_close_to_fp32_as_autocast(tiny_llama):
@@ -73,9 +73,9 @@ def test_lean_decoder_in_bf16_is_as_close_to_fp32_as_autocast(tiny_llama):
     full_ids, full_mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
     kw = dict(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask))
     with torch.no_grad():
-        fp32 = tiny_llama(**kw).logits[:, -new.shape[1]:].log_softmax(-1)
+        fp32 = tiny_llama(**kw).logits[:, -new.shape[1] - 1:].log_softmax(-1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = tiny_llama(**kw).logits[:, -new.shape[1]:].float().log_softmax(-1)
+            auto = tiny_llama(**kw).logits[:, -new.shape[1] - 1:].float().log_softmax(-1)
     lean = _decoder_logits(tiny_llama, ids, mask, new, torch.bfloat16).log_softmax(-1)
     kl = lambda q: float((fp32.exp() * (fp32 - q)).sum(-1).mean())
     assert kl(lean) < 2 * kl(auto) + 1e-5, (kl(lean), kl(auto))
