@@ -178,22 +178,49 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     return ids, completion_mask(ids, eos_token_id)
 
 # %% ../nbs/04a_grpo.ipynb #c4675810
+class _TokenLogProb(torch.autograd.Function):
+    """`(log p(target), entropy)` per row of `logits` (… × V, any float dtype), in fp32, over chunks of rows: no fp32
+    copy of the logits is kept, and the backward writes `g · (onehot − softmax)` straight in the logits' dtype."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, entropy: bool, chunk: int = 32):
+        flat, t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        lse = torch.empty(flat.shape[0], device=flat.device)
+        ent = torch.empty_like(lse) if entropy else None
+        for i in range(0, flat.shape[0], chunk):
+            z = flat[i:i + chunk].float()
+            lse[i:i + chunk] = l = z.logsumexp(-1)
+            if entropy:
+                ent[i:i + chunk] = l - ((z - l[:, None]).exp_() * z).sum(-1)
+        logp = flat.gather(-1, t[:, None]).squeeze(-1).float() - lse
+        ctx.save_for_backward(flat, t, lse)
+        ctx.chunk, ctx.shape = chunk, logits.shape
+        if entropy:
+            ctx.mark_non_differentiable(ent)
+            ent = ent.view(targets.shape)
+        return logp.view(targets.shape), ent
+
+    @staticmethod
+    def backward(ctx, g, _):
+        flat, t, lse = ctx.saved_tensors
+        g, c = g.reshape(-1, 1).float(), ctx.chunk
+        out = torch.empty_like(flat)
+        for i in range(0, flat.shape[0], c):
+            d = (flat[i:i + c].float() - lse[i:i + c, None]).exp_().mul_(-g[i:i + c])
+            out[i:i + c] = d.scatter_add_(-1, t[i:i + c, None], g[i:i + c])
+        return out.view(ctx.shape), None, None, None
+
+
 def token_logps(model, ids: torch.Tensor, mask: torch.Tensor, n_completion: int, temperature: float = 1.0,
                 entropy: bool = True):
     """`(logps, entropies)`: fp32 log-probability of each of the last `n_completion` tokens of `ids` given what precedes
     it, and the entropy of that position's distribution (no gradient; None unless `entropy`)."""
     with sdpa_kernel(SDPBackend.MATH):   # at ≤ 30 tokens, faster than flash attention (whose backward costs 0.2 s a step)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                       logits_to_keep=n_completion + 1).logits[:, :-1].float()
+                       logits_to_keep=n_completion + 1).logits[:, :-1]
     if temperature != 1.0:
-        logits = logits / temperature
-    lse = logits.logsumexp(-1)
-    logps = logits.gather(-1, ids[:, -n_completion:, None]).squeeze(-1) - lse
-    if not entropy:
-        return logps, None
-    with torch.no_grad():
-        ent = lse - (logits.softmax(-1) * logits).sum(-1)
-    return logps, ent
+        logits = logits.float() / temperature
+    return _TokenLogProb.apply(logits, ids[:, -n_completion:], entropy)
 
 
 def group_advantages(rewards: torch.Tensor, generations: int) -> tuple[torch.Tensor, torch.Tensor]:

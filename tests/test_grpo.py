@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rewardsae.grpo import (LlamaDecoder, _linear, _packed, completion_mask, decodes_lean, group_advantages, grpo_loss,
+from rewardsae.grpo import (LlamaDecoder, _TokenLogProb, _linear, _packed, completion_mask, decodes_lean, group_advantages, grpo_loss,
                             latest_checkpoint, positions, sample_completions, sample_tokens, token_logps, train_grpo)
 from rewardsae.models import load_causal_lm
 from rewardsae.rlhf import make_prompts, preset, train_policy
@@ -96,6 +96,23 @@ def test_lean_sampling_draws_the_tokens_of_the_model_path(tiny_llama, tiny):
     b, bm = sample_completions(tiny_llama, ids, mask, generator=torch.Generator().manual_seed(5), lean=True, **kw)
     assert torch.equal(a, b) and torch.equal(am, bm) and a.shape[1] > 3
     assert not decodes_lean(tiny[0])                              # GPT-NeoX decodes through transformers
+
+
+def test_token_log_prob_and_its_gradient_equal_log_softmax():
+    "The chunked log-probability and its hand-written backward equal log_softmax with autograd, chunk edges included."
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 13, 50, generator=g)).requires_grad_()   # 39 rows: chunks of 8 end mid-way
+    targets, weights = torch.randint(0, 50, (3, 13), generator=g), torch.randn(3, 13, generator=g)
+    logp, ent = _TokenLogProb.apply(logits, targets, True, 8)
+    (grad,) = torch.autograd.grad((logp * weights).sum(), logits)
+    ref_lsm = logits.log_softmax(-1)
+    ref = ref_lsm.gather(-1, targets[..., None]).squeeze(-1)
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), logits)
+    assert (logp - ref).abs().max() < 1e-5 and (grad - ref_grad).abs().max() < 1e-6
+    assert (ent - -(ref_lsm.exp() * ref_lsm).sum(-1)).abs().max() < 1e-5
+    (bgrad,) = torch.autograd.grad((_TokenLogProb.apply(logits.bfloat16(), targets, False, 8)[0] * weights).sum(),
+                                   logits)   # from bf16 logits: the gradient comes back through the cast
+    assert (bgrad - ref_grad).abs().max() < 0.05 * ref_grad.abs().max()
 
 
 def test_sample_tokens_draws_each_token_with_its_probability():
