@@ -79,32 +79,45 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaDecoder:
-    """Decoding through a Llama-family `model` with a cache of `max_len` positions for `batch` rows:
-    `forward(tokens, positions, valid)` appends a block of tokens (the prompt, then one token at a time) and returns
-    the next-token logits after the block's last one (fp32). In the precision autocast has on when it is built (fp32
-    without autocast); weights are read when it is built, so build one per sampling call."""
+    """Decoding through a Llama-family `model`. `load(batch, max_len)` reads the model's current weights (in the
+    precision autocast has on then, fp32 without it) and empties a cache of `max_len` positions for `batch` rows;
+    `forward(tokens, positions, valid)` then appends a block of tokens (the prompt, then one token at a time) and
+    returns the next-token logits after the block's last one (fp32). The weight buffers are kept between loads."""
 
-    def __init__(self, model, batch: int, max_len: int):
-        c, m = model.config, model.model
-        self.dtype = dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+    def __init__(self, model):
+        c = model.config
+        self.model, self.heads, self.kv_heads = model, c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        self.eps, self.inv_freq, self.rope_scale = c.rms_norm_eps, m.rotary_emb.inv_freq.float(), m.rotary_emb.attention_scaling
-        pack = lambda *ws: _packed(torch.cat([w.detach().to(dt) for w in ws]), batch)
-        self.layers = [(l.input_layernorm.weight.detach(),
-                        pack(l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight),
-                        pack(l.self_attn.o_proj.weight), l.post_attention_layernorm.weight.detach(),
-                        pack(l.mlp.gate_proj.weight, l.mlp.up_proj.weight), pack(l.mlp.down_proj.weight))
-                       for l in m.layers]
-        self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), pack(model.lm_head.weight)
-        # keys and values in fp32, holding the values autocast's attention would see (rounded to `dt`)
-        self.keys = torch.zeros(len(m.layers), batch, self.kv_heads, max_len, self.head_dim)
+        self.eps, self.dtype, self._buffers = c.rms_norm_eps, None, None
+
+    def _fused(self, dt) -> list[list[torch.Tensor]]:
+        "Per layer: the model's [q; k; v], o, [gate; up] and down weights cast into kept `dt` buffers; then the head."
+        m = self.model.model
+        groups = [[(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj), (l.self_attn.o_proj,),
+                   (l.mlp.gate_proj, l.mlp.up_proj), (l.mlp.down_proj,)] for l in m.layers] + [[(self.model.lm_head,)]]
+        if self._buffers is None or self._buffers[0][0].dtype != dt:
+            self._buffers = [[torch.empty(sum(x.weight.shape[0] for x in g), g[0].weight.shape[1], dtype=dt) for g in gs]
+                             for gs in groups]
+        for gs, bufs in zip(groups, self._buffers):
+            for g, buf in zip(gs, bufs):
+                for x, part in zip(g, buf.split([x.weight.shape[0] for x in g])):
+                    part.copy_(x.weight.detach())
+        return self._buffers
+
+    def load(self, batch: int, max_len: int) -> "LlamaDecoder":
+        m = self.model.model
+        self.dtype = dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+        rot = m.rotary_emb
+        self.inv_freq, self.rope_scale = rot.inv_freq.float(), rot.attention_scaling
+        *layers, (head,) = [[_packed(w, batch) for w in ws] for ws in self._fused(dt)]
+        self.layers = [(l.input_layernorm.weight.detach(), qkv, o, l.post_attention_layernorm.weight.detach(), gu, d)
+                       for l, (qkv, o, gu, d) in zip(m.layers, layers)]
+        self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), head
+        self.keys = torch.zeros(len(m.layers), batch, self.kv_heads, max_len, self.head_dim)   # fp32
         self.values = torch.zeros_like(self.keys)
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool)   # which cached positions are real tokens
         self.length = 0
-
-    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * w
+        return self
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,40 +130,42 @@ class LlamaDecoder:
         k_pos, q_pos = torch.arange(L), torch.arange(L0, L)
         mask = (self.valid[:, None, :L] & (k_pos[None, None] <= q_pos[None, :, None])) | (k_pos == q_pos[:, None])
         mask = mask[:, None, None]                                   # B × 1 × 1 × T × L, against B × KV × G × T × L
+        norm = lambda x, w: torch.nn.functional.rms_norm(x, x.shape[-1:], w, self.eps).to(dt)   # fp32, then cast
         with torch.autocast("cpu", enabled=False):
-            freqs = positions.float()[..., None] * self.inv_freq
-            angles = torch.cat((freqs, freqs), -1)
-            cos, sin = (angles.cos() * self.rope_scale)[:, :, None], (angles.sin() * self.rope_scale)[:, :, None]
+            angles = positions.float()[..., None] * self.inv_freq
+            cos = (torch.cat((angles, angles), -1).cos() * self.rope_scale)[:, :, None]
+            sin = (torch.cat((-angles, angles), -1).sin() * self.rope_scale)[:, :, None]   # rotate_half's sign folded in
             x = self.embed[tokens].view(B * T, -1)
             for i, (w_in, w_qkv, w_o, w_post, w_gate_up, w_down) in enumerate(self.layers):
-                qkv = _linear(self._rms(x, w_in).to(dt), w_qkv).view(B, T, H + 2 * KV, hd)
+                qkv = _linear(norm(x, w_in), w_qkv).view(B, T, H + 2 * KV, hd)
                 qk = qkv[:, :, :H + KV].float()
-                qk = (qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin).to(dt).float()
+                qk = qk * cos + qk.roll(half, -1) * sin
                 self.keys[i, :, :, L0:L] = qk[:, :, H:].transpose(1, 2)
                 self.values[i, :, :, L0:L] = qkv[:, :, H + KV:].transpose(1, 2)
-                q = qk[:, :, :H].view(B, T, KV, G, hd).permute(0, 2, 3, 1, 4)   # query heads grouped by their key head
-                att = (q @ self.keys[i, :, :, None, :L].transpose(-1, -2)) * hd ** -0.5
-                att = att.masked_fill_(~mask, -math.inf).softmax(-1) @ self.values[i, :, :, None, :L]
+                q = qk[:, :, :H].view(B, T, KV, G, hd).permute(0, 2, 3, 1, 4) * hd ** -0.5   # grouped by key head
+                att = (q @ self.keys[i, :, :, None, :L].transpose(-1, -2)).masked_fill_(~mask, -math.inf)
+                att = att.softmax(-1) @ self.values[i, :, :, None, :L]
                 x = x + _linear(att.permute(0, 3, 1, 2, 4).reshape(B * T, H * hd).to(dt), w_o)
-                gate, up = _linear(self._rms(x, w_post).to(dt), w_gate_up).chunk(2, -1)
+                gate, up = _linear(norm(x, w_post), w_gate_up).chunk(2, -1)
                 x = x + _linear(torch.nn.functional.silu(gate) * up, w_down)
             self.length = L
-            last = x.view(B, T, -1)[:, -1]
-            return _linear(self._rms(last, self.norm).to(dt), self.head).float()
+            return _linear(norm(x.view(B, T, -1)[:, -1], self.norm), self.head).float()
 
 # %% ../nbs/04a_grpo.ipynb #c1d660d5
 @torch.no_grad()
 def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                        min_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                       generator: torch.Generator | None = None, temperature: float = 1.0, lean: bool | None = None):
+                       generator: torch.Generator | None = None, temperature: float = 1.0, lean: bool | None = None,
+                       decoder: LlamaDecoder | None = None):
     """`(completion_ids, completion_mask)`: up to `max_new_tokens` tokens sampled after each left-padded prompt with
     the KV cache (temperature `temperature`, no top-k/top-p), EOS barred for the first `min_new_tokens`; a row that
-    has ended gets `pad_token_id`. Stops when every row has ended. Through `LlamaDecoder` when `lean` (default: when
-    `decodes_lean(model)`), else through `model` with its cache."""
+    has ended gets `pad_token_id`. Stops when every row has ended. Through `decoder` (a `LlamaDecoder` of `model`,
+    kept between calls), or a new one when `lean` (default: when `decodes_lean(model)`); else through `model` with
+    its cache."""
     (B, P), pos = prompt_ids.shape, positions(prompt_mask)
-    lean = decodes_lean(model) if lean is None else lean
+    lean = decoder is not None or (decodes_lean(model) if lean is None else lean)
     if lean:
-        dec = LlamaDecoder(model, B, P + max_new_tokens)
+        dec = (decoder or LlamaDecoder(model)).load(B, P + max_new_tokens)
         logits = dec.forward(prompt_ids, pos, prompt_mask)
     else:
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
@@ -315,6 +330,7 @@ def train_grpo(model, tokenizer, prompts: Sequence[str], reward_fn: Callable[[li
     opt = adam(params, cfg.lr)   # TRL's AdamW has weight decay 0: the same update as Adam (bit-identical, fused)
     gen = torch.Generator().manual_seed(cfg.seed)
     ref = frozen_reference(model, dtype) if cfg.beta != 0.0 else None
+    decoder = LlamaDecoder(model) if decodes_lean(model) else None   # its weight buffers serve every step
     start, log = 0, []
     last = latest_checkpoint(ckpt)
     if last is not None:
@@ -330,7 +346,8 @@ def train_grpo(model, tokenizer, prompts: Sequence[str], reward_fn: Callable[[li
         p_ids, p_mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
         model.eval()
         with _autocast(dtype, model.device.type):
-            c_ids, c_mask = sample_completions(model, p_ids, p_mask, cfg.max_new_tokens, cfg.min_new_tokens, eos, pad, gen)
+            c_ids, c_mask = sample_completions(model, p_ids, p_mask, cfg.max_new_tokens, cfg.min_new_tokens, eos, pad, gen,
+                                               decoder=decoder)
         completions = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
         rewards = torch.tensor(reward_fn([p + c for p, c in zip(texts, completions)]), dtype=torch.float32)
         if rewards.shape != (len(texts),) or not torch.isfinite(rewards).all():

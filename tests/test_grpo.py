@@ -40,7 +40,7 @@ def _decoder_logits(model, ids, mask, new, dtype=None):
     "`LlamaDecoder`'s next-token logits after the prompt, then after each column of `new` (B × (1 + steps) × V)."
     ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), ctx:
-        dec = LlamaDecoder(model, ids.shape[0], ids.shape[1] + new.shape[1])
+        dec = LlamaDecoder(model).load(ids.shape[0], ids.shape[1] + new.shape[1])
         pos = positions(mask)
         out = [dec.forward(ids, pos, mask)]
         return torch.stack(out + [dec.forward(new[:, j:j + 1], pos[:, -1:] + 1 + j) for j in range(new.shape[1])], 1)
