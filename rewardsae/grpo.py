@@ -82,7 +82,8 @@ class LlamaDecoder:
     """Decoding through a Llama-family `model`. `load(batch, max_len)` reads the model's current weights (in the
     precision autocast has on then, fp32 without it) and empties a cache of `max_len` positions for `batch` rows;
     `forward(tokens, positions, valid)` then appends a block of tokens (the prompt, then one token at a time) and
-    returns the next-token logits after the block's last one (fp32). The weight buffers are kept between loads."""
+    returns the next-token logits after the block's last `keep` tokens. The weight buffers are kept between loads;
+    `load(..., weights=False)` only empties the cache (for a model whose weights do not change: the reference)."""
 
     def __init__(self, model):
         c = model.config
@@ -104,15 +105,16 @@ class LlamaDecoder:
                     part.copy_(x.weight.detach())
         return self._buffers
 
-    def load(self, batch: int, max_len: int) -> "LlamaDecoder":
+    def load(self, batch: int, max_len: int, weights: bool = True) -> "LlamaDecoder":
         m = self.model.model
-        self.dtype = dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-        rot = m.rotary_emb
-        self.inv_freq, self.rope_scale = rot.inv_freq.float(), rot.attention_scaling
-        *layers, (head,) = [[_packed(w, batch) for w in ws] for ws in self._fused(dt)]
-        self.layers = [(l.input_layernorm.weight.detach(), qkv, o, l.post_attention_layernorm.weight.detach(), gu, d)
-                       for l, (qkv, o, gu, d) in zip(m.layers, layers)]
-        self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), head
+        if weights or self.dtype is None:
+            self.dtype = dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+            rot = m.rotary_emb
+            self.inv_freq, self.rope_scale = rot.inv_freq.float(), rot.attention_scaling
+            *layers, (head,) = [[_packed(w, batch) for w in ws] for ws in self._fused(dt)]
+            self.layers = [(l.input_layernorm.weight.detach(), qkv, o, l.post_attention_layernorm.weight.detach(), gu, d)
+                           for l, (qkv, o, gu, d) in zip(m.layers, layers)]
+            self.norm, self.embed, self.head = m.norm.weight.detach(), m.embed_tokens.weight.detach(), head
         self.keys = torch.zeros(len(m.layers), batch, self.kv_heads, max_len, self.head_dim)   # fp32
         self.values = torch.zeros_like(self.keys)
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool)   # which cached positions are real tokens
@@ -120,9 +122,11 @@ class LlamaDecoder:
         return self
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits (B × vocab, fp32) after appending `tokens` (B × T) at position ids `positions` (B × T);
-        `valid` (B × T, default all) marks real tokens: padding is never attended to, except by itself."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None,
+                keep: int = 1) -> torch.Tensor:
+        """Next-token logits (B × `keep` × vocab, in the products' precision) after each of the last `keep` of
+        `tokens` (B × T), appended at position ids `positions` (B × T); `valid` (B × T, default all) marks real
+        tokens: padding is never attended to, except by itself."""
         B, T = tokens.shape
         H, KV, hd, dt, L0 = self.heads, self.kv_heads, self.head_dim, self.dtype, self.length
         L, G, half = L0 + T, self.heads // self.kv_heads, self.head_dim // 2
@@ -149,7 +153,8 @@ class LlamaDecoder:
                 gate, up = _linear(norm(x, w_post), w_gate_up).chunk(2, -1)
                 x = x + _linear(torch.nn.functional.silu(gate) * up, w_down)
             self.length = L
-            return _linear(norm(x.view(B, T, -1)[:, -1], self.norm), self.head).float()
+            last = x.view(B, T, -1)[:, T - keep:].reshape(B * keep, -1)
+            return _linear(norm(last, self.norm), self.head).view(B, keep, -1)
 
 # %% ../nbs/04a_grpo.ipynb #c1d660d5
 @torch.no_grad()
@@ -166,7 +171,7 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     lean = decoder is not None or (decodes_lean(model) if lean is None else lean)
     if lean:
         dec = (decoder or LlamaDecoder(model)).load(B, P + max_new_tokens)
-        logits = dec.forward(prompt_ids, pos, prompt_mask)
+        logits = dec.forward(prompt_ids, pos, prompt_mask)[:, -1].float()
     else:
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         logits, cache, mask = out.logits[:, -1].float(), out.past_key_values, prompt_mask
@@ -183,7 +188,7 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
         if bool(done.all()) or i == max_new_tokens - 1:
             break
         if lean:
-            logits = dec.forward(t[:, None], nxt)
+            logits = dec.forward(t[:, None], nxt)[:, -1].float()
         else:
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
             out = model(input_ids=t[:, None], attention_mask=mask, position_ids=nxt, past_key_values=cache, use_cache=True)
@@ -229,7 +234,15 @@ class _TokenLogProb(torch.autograd.Function):
 def token_logps(model, ids: torch.Tensor, mask: torch.Tensor, n_completion: int, temperature: float = 1.0,
                 entropy: bool = True):
     """`(logps, entropies)`: fp32 log-probability of each of the last `n_completion` tokens of `ids` given what precedes
-    it, and the entropy of that position's distribution (no gradient; None unless `entropy`)."""
+    it, and the entropy of that position's distribution (no gradient; None unless `entropy`). `model` may be a
+    `LlamaDecoder` whose weights are loaded (no gradient then): how the reference model's are computed."""
+    if isinstance(model, LlamaDecoder):
+        B, L = ids.shape
+        model.load(B, L - 1, weights=False)
+        logits = model.forward(ids[:, :-1], positions(mask)[:, :-1], mask[:, :-1], keep=n_completion)
+        if temperature != 1.0:
+            logits = logits.float() / temperature
+        return _TokenLogProb.apply(logits, ids[:, -n_completion:], entropy)
     with sdpa_kernel(SDPBackend.MATH):   # at ≤ 30 tokens, faster than flash attention (whose backward costs 0.2 s a step)
         keep = torch.arange(ids.shape[1] - n_completion - 1, ids.shape[1] - 1, device=ids.device)   # predict the completion
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep).logits
@@ -331,6 +344,9 @@ def train_grpo(model, tokenizer, prompts: Sequence[str], reward_fn: Callable[[li
     gen = torch.Generator().manual_seed(cfg.seed)
     ref = frozen_reference(model, dtype) if cfg.beta != 0.0 else None
     decoder = LlamaDecoder(model) if decodes_lean(model) else None   # its weight buffers serve every step
+    if ref is not None and decodes_lean(ref):   # the reference's weights never change: cast and packed once
+        with _autocast(dtype, model.device.type):
+            ref = LlamaDecoder(ref).load(cfg.batch, 1)
     start, log = 0, []
     last = latest_checkpoint(ckpt)
     if last is not None:

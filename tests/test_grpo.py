@@ -22,18 +22,29 @@ def tiny():
     return load_causal_lm("tiny-neox", device="cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    "A random 2-layer Llama (grouped-query attention, tied head) with a vocabulary of 300, in fp32."
+def _tiny_llama(vocab_size: int = 300, scale: float = 4.0):
+    "A random 2-layer Llama (grouped-query attention, tied head), seeded, in fp32; weights × `scale` for sharper logits."
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0, pad_token_id=0, eos_token_id=1)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0,
+                      pad_token_id=0, eos_token_id=1)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():   # sharper distributions than the default init's, so that a wrong step shows in the logits
         for p in model.parameters():
-            p.mul_(4.0) if p.dim() > 1 else None
+            p.mul_(scale) if p.dim() > 1 else None
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return _tiny_llama()
+
+
+def _model(name: str):
+    "`(model, tokenizer)`: tiny-neox, or a tiny Llama (which samples and scores through LlamaDecoder) with its tokenizer."
+    model, tok = load_causal_lm("tiny-neox", device="cpu")
+    return (model if name == "tiny-neox" else _tiny_llama(len(tok), scale=1.0)), tok
 
 
 def _decoder_logits(model, ids, mask, new, dtype=None):
@@ -42,8 +53,8 @@ def _decoder_logits(model, ids, mask, new, dtype=None):
     with torch.no_grad(), ctx:
         dec = LlamaDecoder(model).load(ids.shape[0], ids.shape[1] + new.shape[1])
         pos = positions(mask)
-        out = [dec.forward(ids, pos, mask)]
-        return torch.stack(out + [dec.forward(new[:, j:j + 1], pos[:, -1:] + 1 + j) for j in range(new.shape[1])], 1)
+        out = [dec.forward(ids, pos, mask)] + [dec.forward(new[:, j:j + 1], pos[:, -1:] + 1 + j) for j in range(new.shape[1])]
+        return torch.cat(out, 1).float()
 
 
 def _prompts(B=6, P=7, new=5, seed=1):
@@ -79,6 +90,17 @@ def test_lean_decoder_in_bf16_is_as_close_to_fp32_as_autocast(tiny_llama):
     lean = _decoder_logits(tiny_llama, ids, mask, new, torch.bfloat16).log_softmax(-1)
     kl = lambda q: float((fp32.exp() * (fp32 - q)).sum(-1).mean())
     assert kl(lean) < 2 * kl(auto) + 1e-5, (kl(lean), kl(auto))
+
+
+def test_log_probabilities_through_the_decoder_equal_the_models(tiny_llama):
+    "The reference's log-probabilities through a `LlamaDecoder` (loaded once, then reused) are the model's (fp32)."
+    ids, mask, new = _prompts()
+    ids, mask = torch.cat([ids, new], 1), torch.cat([mask, torch.ones_like(new)], 1)
+    with torch.no_grad():
+        want = token_logps(tiny_llama, ids, mask, 5, entropy=False)[0]
+        dec = LlamaDecoder(tiny_llama).load(ids.shape[0], 1)
+        got = [token_logps(dec, ids, mask, 5, entropy=False)[0] for _ in range(2)]
+    assert want.abs().max() > 1 and all((g - want).abs().max() < 1e-4 for g in got)
 
 
 def test_packed_bf16_weights_give_the_same_products():
@@ -202,33 +224,37 @@ def test_loss_and_gradient_equal_trls_on_the_same_batch(tiny, tmp_path):
     model.zero_grad()
 
 
-def test_resume_repeats_the_run_exactly(tmp_path):
+@pytest.mark.parametrize("name", ["tiny-neox", "tiny-llama"])
+def test_resume_repeats_the_run_exactly(tmp_path, name):
     "Killed after step 1's checkpoint, a rerun resumes from it (generator state included) and ends bit-identical."
     cfg = replace(preset("smoke"), steps=3, save_steps=1)
-    whole, _ = load_causal_lm("tiny-neox", device="cpu")
-    _, tok = load_causal_lm("tiny-neox", device="cpu")
+    whole, tok = _model(name)
+    assert decodes_lean(whole) == (name == "tiny-llama")
     prompts = make_prompts(tok, 6, seed=0)["prompt"]
     log_a = train_grpo(whole, tok, prompts, e_count, cfg, tmp_path / "a")
-    part, _ = load_causal_lm("tiny-neox", device="cpu")
+    part, _ = _model(name)
     train_grpo(part, tok, prompts, e_count, replace(cfg, steps=1), tmp_path / "b")
     assert latest_checkpoint(tmp_path / "b" / "checkpoints") is None      # no checkpoint at the end of a run...
-    part, _ = load_causal_lm("tiny-neox", device="cpu")
+    part, _ = _model(name)
     train_grpo(part, tok, prompts, e_count, replace(cfg, steps=2), tmp_path / "c")
     ck = latest_checkpoint(tmp_path / "c" / "checkpoints")
     assert ck.name == "step-1"                                            # ...one after every save_steps before it
-    resumed, _ = load_causal_lm("tiny-neox", device="cpu")
+    resumed, _ = _model(name)
     log_c = train_grpo(resumed, tok, prompts, e_count, cfg, tmp_path / "c")
     assert list(log_c["step"]) == [1, 2, 3] and (log_c["reward"] == log_a["reward"]).all()
     assert all(torch.equal(x, y) for x, y in zip(whole.parameters(), resumed.parameters()))
     assert [p.name for p in (tmp_path / "c" / "checkpoints").iterdir()] == ["step-2"]   # only the newest is kept
+    assert not all(torch.equal(x, y) for x, y in zip(whole.parameters(), _model(name)[0].parameters()))   # it trained
 
 
-def test_bf16_update_matches_the_fp32_update():
-    """On the same batch, the bf16 path (autocast policy, reference with bf16 linear layers) gives the fp32 update to
-    bf16's precision: KL within 1e-3, loss within 2%, gradient direction cosine > 0.99. (Whole runs cannot be compared
-    sample by sample: bf16 moves each cumulative probability a little, which changes some draws.)"""
+@pytest.mark.parametrize("name", ["tiny-neox", "tiny-llama"])
+def test_bf16_update_matches_the_fp32_update(name):
+    """On the same batch, the bf16 path (autocast policy, reference with bf16 linear layers, through LlamaDecoder for
+    a Llama) gives the fp32 update to bf16's precision: KL within 1e-3, loss within 2%, gradient direction cosine
+    > 0.99. (Whole runs cannot be compared sample by sample: bf16 moves each cumulative probability a little, which
+    changes some draws.)"""
     from rewardsae.grpo import _autocast, frozen_reference
-    model, tok = load_causal_lm("tiny-neox", device="cpu")      # its own copy: GRPOTrainer alters the shared one
+    model, tok = _model(name)      # its own copy: GRPOTrainer alters the shared one
     texts = [p for p in make_prompts(tok, 2, seed=1)["prompt"] for _ in range(4)]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     c_ids, c_mask = sample_completions(model, enc["input_ids"], enc["attention_mask"], 8, 4, tok.eos_token_id,
@@ -242,8 +268,10 @@ def test_bf16_update_matches_the_fp32_update():
     out = {}
     for dt in (None, torch.bfloat16):
         ref = frozen_reference(model, dt)
-        assert all(q.dtype == (dt or torch.float32) for n, q in ref.named_parameters() if "dense" in n or "query" in n)
+        assert all(q.dtype == (dt or torch.float32) for n, q in ref.named_parameters()
+                   if "dense" in n or "query" in n or "proj" in n)
         with torch.no_grad(), _autocast(dt):
+            ref = LlamaDecoder(ref).load(len(ids), 1) if decodes_lean(ref) else ref
             ref_lp = token_logps(ref, ids, mask, c_ids.shape[1], entropy=False)[0]
         moved.zero_grad()
         with _autocast(dt):
