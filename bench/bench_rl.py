@@ -36,12 +36,12 @@ from common import machine, set_threads, table, write_json  # noqa: E402
 SIDES = ("trl-defaults", "trl-rewardsae-settings", "rewardsae")
 
 
-def run_side(side: str, steps: int, workdir: Path, log_every_step: bool = False):
-    "`(per-step seconds, log DataFrame, config)` of `steps` GRPO steps of the cpu preset with the trainer of `side`."
+def run_side(side: str, steps: int, workdir: Path, log_every_step: bool = False, seed: int = 0):
+    "`(per-step seconds, log DataFrame, config)` of `steps` GRPO steps of the cpu preset (seed `seed`) with the trainer of `side`."
     from rewardsae import rlhf
     from rewardsae.models import load_causal_lm
     from rewardsae.precision import compute_dtype, resolve_dtype
-    cfg = rlhf.preset("cpu", steps=steps, compute_dtype=compute_dtype())
+    cfg = rlhf.preset("cpu", steps=steps, compute_dtype=compute_dtype(), seed=seed)
     model, tok = load_causal_lm(cfg.model)
     prompts = rlhf.make_prompts(tok, cfg.steps * cfg.prompts_per_step, seed=cfg.seed, min_tokens=cfg.min_prompt_tokens,
                                 max_tokens=cfg.max_prompt_tokens, min_chars=cfg.min_review_chars)
@@ -99,7 +99,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2, help="steps of each run not timed")
     ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
-    ap.add_argument("--logs", default=None, help="folder for each side's per-step log (rl_log_<side>.csv)")
+    ap.add_argument("--logs", default=None, help="folder for each side's per-step log (rl_log_<side>.csv; _seed<N> added for seeds other than 0)")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed: its prompts and its draws")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", default=None, choices=SIDES, help=argparse.SUPPRESS)   # internal: run one side, print JSON
@@ -107,7 +108,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.one:
         set_threads(a.threads)
-        times, log, cfg = run_side(a.one, a.steps, Path(a.workdir), log_every_step=bool(a.logs))
+        times, log, cfg = run_side(a.one, a.steps, Path(a.workdir), log_every_step=bool(a.logs), seed=a.seed)
         log.to_csv(Path(a.workdir) / f"rl_log_{a.one}.csv", index=False)
         print("RESULT " + json.dumps({"times": times, "compute_dtype": cfg.compute_dtype}), flush=True)
         return
@@ -128,7 +129,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 work = Path(d) / f"r{r}"
                 work.mkdir(exist_ok=True)
-                cmd = [sys.executable, __file__, "--one", side, "--steps", str(a.steps), "--workdir", str(work),
+                cmd = [sys.executable, __file__, "--one", side, "--steps", str(a.steps), "--workdir", str(work), "--seed", str(a.seed),
                        *(["--threads", str(a.threads)] if a.threads else []), *(["--logs", a.logs] if a.logs else [])]
                 p = subprocess.run(cmd, capture_output=True, text=True)
                 found = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -142,7 +143,7 @@ def main(argv=None):
                 print(f"round {r + 1}, {side}: " + ", ".join(f"{t:.2f}" for t in times) + " s a step", flush=True)
                 if a.logs and r == a.rounds - 1:
                     Path(a.logs).mkdir(parents=True, exist_ok=True)
-                    log.to_csv(Path(a.logs) / f"rl_log_{side}.csv", index=False)
+                    log.to_csv(Path(a.logs) / f"rl_log_{side}{f'_seed{a.seed}' if a.seed else ''}.csv", index=False)
                 if r == a.rounds - 1:
                     after = sorted(t for run in raw[side] for t in run["step_seconds"][a.warmup:])
                     med = after[len(after) // 2]
@@ -154,6 +155,11 @@ def main(argv=None):
     ref = {r["trainer"]: r["s/step (median)"] for r in rows}
     for r in rows:
         r["× TRL defaults"] = ref.get("trl-defaults", float("nan")) / r["s/step (median)"]
+    if "trl-defaults" in raw and "rewardsae" in raw:   # each round's ratio: the sides ran minutes apart on a drifting host
+        med = lambda ts: sorted(ts)[len(ts) // 2]
+        per = [med(t["step_seconds"][a.warmup:]) / med(o["step_seconds"][a.warmup:])
+               for t, o in zip(raw["trl-defaults"], raw["rewardsae"])]
+        print("rewardsae × TRL defaults, round by round: " + ", ".join(f"{x:.2f}" for x in per))
     print(table(rows, ["trainer", "precision", "s/step (median)", "steps timed", "× TRL defaults", "first step", "GFLOP/s", "% of peak",
                        "mean reward", "final kl"]))
     if a.json:
