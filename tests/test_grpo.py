@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rewardsae.grpo import (LlamaDecoder, _TokenLogProb, _linear, _packed, completion_mask, decodes_lean, group_advantages, grpo_loss,
+                            keep_freed_memory,
                             latest_checkpoint, positions, sample_completions, sample_tokens, token_logps, train_grpo)
 from rewardsae.models import load_causal_lm
 from rewardsae.rlhf import make_prompts, preset, train_policy
@@ -135,6 +136,18 @@ def test_token_log_prob_and_its_gradient_equal_log_softmax():
     (bgrad,) = torch.autograd.grad((_TokenLogProb.apply(logits.bfloat16(), targets, False, 8)[0] * weights).sum(),
                                    logits)   # from bf16 logits: the gradient comes back through the cast
     assert (bgrad - ref_grad).abs().max() < 0.05 * ref_grad.abs().max()
+
+
+def test_keep_freed_memory_keeps_a_freed_tensors_pages():
+    "After it, freeing a 200 MB tensor leaves its pages with the process (by default glibc unmaps them at once)."
+    import os
+    if not keep_freed_memory():
+        pytest.skip("not glibc")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    a = torch.ones(50_000_000)
+    before = rss()
+    del a
+    assert before - rss() < 50e6
 
 
 def test_sample_tokens_draws_each_token_with_its_probability():
