@@ -4,11 +4,12 @@ configuration: the cpu preset (SmolLM2-135M, 4 prompts x 4 completions of 8-20 t
 beta 0.05), the same prompts, the utility reward. Each side loads a fresh model and runs `--steps` steps in a
 process of its own (nothing one trainer leaves in memory can slow the next), in `--rounds` alternating rounds (a
 machine whose speed drifts slows both sides alike); a side's time per step is the median over all its runs' steps
-but each run's first `--warmup` (a process's first steps allocate the optimiser state and the allocator's pools: in
-3-step runs, step 2 took up to 1.6x step 3). TRL runs with its default bf16 autocast, ours with the machine's measured choice (rewardsae.precision); the fp32 and bf16 matmul peaks
+but each run's first `--warmup` (a process's first steps allocate the optimiser state and the allocator's pools and
+build oneDNN kernels for each new sequence length: our steps 2-4 took 1.2-1.6x the later ones). TRL runs with its default bf16 autocast, ours with the machine's measured choice (rewardsae.precision); the fp32 and bf16 matmul peaks
 are measured in the same run, and each side's rate is an estimate of the step's matmul FLOPs over its time.
 
-    python bench/bench_rl.py --sides trl-defaults rewardsae   # 2 rounds of 6 steps a side, 4 timed: what make bench runs
+    python bench/bench_rl.py --steps 10 --warmup 4 --sides trl-defaults rewardsae   # what make bench runs: 2 rounds of
+                                   # 10 steps a side, the last 6 timed (a run's first steps allocate and build kernels)
     python bench/bench_rl.py --steps 50 --rounds 1 --sides trl-defaults rewardsae --logs DIR   # chapter 4a's curves
 """
 from __future__ import annotations

@@ -66,8 +66,9 @@ def main(argv=None) -> None:
                 "--repeats", "2", "--json", str(out / "crosscoder_batch1024.json"), *th)
         if a.quick:
             run("bench_rl.py", "--steps", "2", "--rounds", "1", "--warmup", "1", "--sides", "trl-defaults", "rewardsae", "--json", str(out / "quick_rl.json"), *th)
-        else:   # the RL step against TRL's defaults: 2 alternating rounds of 6 steps a side, 4 timed (~3 min)
-            run("bench_rl.py", "--steps", "6", "--rounds", "2", "--sides", "trl-defaults", "rewardsae", "--json", str(out / "rl.json"), *th)
+        else:   # the RL step against TRL's defaults: 2 alternating rounds of 10 steps a side, the last 6 timed (~4 min)
+            run("bench_rl.py", "--steps", "10", "--warmup", "4", "--rounds", "2", "--sides", "trl-defaults", "rewardsae",
+                "--json", str(out / "rl.json"), *th)
         run("stage_timings.py", "--json", str(out / ("quick_stages.json" if a.quick else "stages.json")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
