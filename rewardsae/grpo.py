@@ -217,8 +217,8 @@ class _TokenLogProb(torch.autograd.Function):
         ctx.save_for_backward(flat, t, lse)
         ctx.chunk, ctx.shape = chunk, logits.shape
         if entropy:
-            ctx.mark_non_differentiable(ent)
             ent = ent.view(targets.shape)
+            ctx.mark_non_differentiable(ent)   # the returned tensor itself (marking the flat one would not reach it)
         return logp.view(targets.shape), ent
 
     @staticmethod
