@@ -238,15 +238,12 @@ def token_logps(model, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
     it, and the entropy of that position's distribution (no gradient; None unless `entropy`). `model` may be a
     `LlamaDecoder` whose weights are loaded (no gradient then): how the reference model's are computed."""
     if isinstance(model, LlamaDecoder):
-        B, L = ids.shape
-        model.load(B, L - 1, weights=False)
+        model.load(ids.shape[0], ids.shape[1] - 1, weights=False)
         logits = model.forward(ids[:, :-1], positions(mask)[:, :-1], mask[:, :-1], keep=n_completion)
-        if temperature != 1.0:
-            logits = logits.float() / temperature
-        return _TokenLogProb.apply(logits, ids[:, -n_completion:], entropy)
-    with sdpa_kernel(SDPBackend.MATH):   # at ≤ 30 tokens, faster than flash attention (whose backward costs 0.2 s a step)
-        keep = torch.arange(ids.shape[1] - n_completion - 1, ids.shape[1] - 1, device=ids.device)   # predict the completion
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep).logits
+    else:
+        with sdpa_kernel(SDPBackend.MATH):   # at ≤ 30 tokens, faster than flash attention (its backward: 0.2 s a step)
+            keep = torch.arange(ids.shape[1] - n_completion - 1, ids.shape[1] - 1, device=ids.device)   # predict the completion
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep).logits
     if temperature != 1.0:
         logits = logits.float() / temperature
     return _TokenLogProb.apply(logits, ids[:, -n_completion:], entropy)
