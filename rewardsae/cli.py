@@ -17,8 +17,8 @@ from pathlib import Path
 from .pipeline import RunParams, make_explainer, make_params, open_run
 
 # %% auto #0
-__all__ = ['CPU_STAGE_SECONDS', 'demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment',
-           'progress_line', 'show_progress', 'train_rl', 'main']
+__all__ = ['demo', 'experiment_notebook', 'parse_assignments', 'plan_runs', 'run_experiment', 'progress_line', 'show_progress',
+           'train_rl', 'main']
 
 # %% ../nbs/20_cli.ipynb #c2a69e0f
 def demo(model: str = "smollm2-135m", n_reviews: int = 3, seed: int = 0) -> None:
@@ -81,8 +81,9 @@ def plan_runs(models: list[str], out: str = "", **kw) -> list[RunParams]:
         if p.tuned:
             check_model_pair(p.model, p.tuned)   # another architecture or tokenizer: refused now, naming the difference
         depth = n_blocks(p.model)
-        if p.n_layers > depth:
+        if p.n_layers > depth and "n_layers" in kw:
             raise ValueError(f"n_layers={p.n_layers} but {p.model} has {depth} layers")
+        p.n_layers = min(p.n_layers, depth)   # a preset's layer count on a shallower model: all its layers
         if p.probes:   # a tokenizer that writes no lexicon word as one token cannot make contrast sentences
             from transformers import AutoTokenizer
             from rewardsae.probes import contrast_sentences
@@ -126,11 +127,6 @@ def run_experiment(params: RunParams, log_output: bool = False) -> Path:
     return out
 
 
-# Seconds each stage took in the CPU default's reference run (quiet 2-core machine): the estimate of what is left.
-CPU_STAGE_SECONDS = {"policy": 340, "divergence": 60, "activations": 190, "saes": 330, "sae_figures": 5, "sae_checks": 90,
-                     "mmcs": 10, "explanations": 40, "table3": 1, "table4": 70, "ablations": 240}
-
-
 def progress_line(prog: dict, now: float, expected: dict | None = None) -> str:
     "One status line from `progress.json`: stage k of n, what it is doing, elapsed, and (with `expected`) time left."
     plan, done, stage = prog.get("plan", []), prog.get("done", []), prog.get("stage")
@@ -152,7 +148,6 @@ def progress_line(prog: dict, now: float, expected: dict | None = None) -> str:
 def show_progress(out: Path, params: RunParams, done: threading.Event, every: float = 1.0) -> None:
     """Show the run's progress on stderr until `done` is set: one live line on a terminal; otherwise a line when a
     stage starts and one for every stage finished (none is skipped, however fast)."""
-    expected = CPU_STAGE_SECONDS if params.preset == "cpu" else None
     tty, last, reported = sys.stderr.isatty(), "", 0
     while True:
         finished = done.wait(every)
@@ -161,7 +156,7 @@ def show_progress(out: Path, params: RunParams, done: threading.Event, every: fl
         except (OSError, json.JSONDecodeError):
             prog = None
         if prog:
-            line = progress_line(prog, time.time(), expected)
+            line = progress_line(prog, time.time(), prog.get("expected") or None)
             if tty:
                 print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
             else:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rewardsae.models import load_causal_lm
-from rewardsae.pipeline import PLAN, make_explainer, make_params, open_run, run_all, stage_policy
+from rewardsae.pipeline import STAGES, make_explainer, make_params, open_run, run_all, stage_policy
+PLAN = [s.name for s in STAGES if s.enabled(make_params(preset="smoke"))]
 
 CLI = str(Path(sys.executable).parent / "rewardsae")   # the console script
 
@@ -342,3 +343,35 @@ def test_model_diff_of_a_model_against_itself_finds_no_change(tmp_path):
     base, tuned = [{(l, d): r["n_tracks"] for (l, d), r in scan.items() if d == name} for name in ("base SAE", "tuned SAE")]
     assert list(base.values()) == list(tuned.values())          # the same activations: the same scan
     assert (st["model_diff"].folder / "relative_norms.png").exists() and "## Model diffing" in (tmp_path / "same" / "report.md").read_text()
+
+
+def test_a_new_stage_is_one_spec_and_appears_in_the_run_progress_summary_and_report(tmp_path, tuned_tiny):
+    from rewardsae.pipeline import StageSpec
+    from rewardsae.stages import cached_stage
+    seen = []
+    def words(p, run, st):   # a toy analysis: counts the selected layers, reads the divergence stage
+        seen.append(json.loads((Path(run) / "progress.json").read_text())["stage"])
+        return cached_stage(run, "toy", {"v": 1}, lambda f: {"n": len(st["divergence"].result["selected_layers"])}, deps=(st["divergence"],))
+    toy = StageSpec("toy", words, lambda s: {"toy": s.result["n"] if s else None},
+                    section=lambda s, p: f"\n## Toy\n\nIt counted {s['toy']} layers.\n",
+                    verdict=lambda s, p: f"The toy stage counted {s['toy']} layers.", cpu_seconds=1)
+    out = tmp_path / "toy"
+    st = run_all(make_params(tuned=tuned_tiny, out=str(out), **SMALL), stages=[*STAGES[:2], toy])
+    assert seen == ["toy"] and st["toy"].result == {"n": 2}
+    prog = json.loads((out / "progress.json").read_text())
+    assert prog["plan"] == ["policy", "divergence", "toy"] and prog["done"] == ["policy", "divergence", "toy"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["toy"] == 2 and "sae" not in s and s["selected_layers"] == [3, 1]
+    report = (out / "report.md").read_text()
+    verdict = report.split("## What this run found\n")[1].split("\n## ")[0]
+    assert "The toy stage counted 2 layers." in verdict and "It counted 2 layers." in report
+    assert report.index("## What this run found") < report.index("## Layer divergence") < report.index("## Toy")
+    assert "nan" not in report
+
+
+def test_the_tiny_model_runs_with_the_smoke_preset_whose_layer_count_exceeds_its_depth(tmp_path):
+    from rewardsae.cli import plan_runs
+    p = plan_runs(["tiny-neox"], out=str(tmp_path / "t"), preset="smoke")[0]
+    assert p.n_layers == 4   # the smoke preset's 5, capped at tiny-neox's 4 blocks
+    with pytest.raises(ValueError, match="n_layers=5 but tiny-neox has 4 layers"):
+        plan_runs(["tiny-neox"], out=str(tmp_path / "u"), preset="smoke", n_layers=5)
