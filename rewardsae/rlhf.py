@@ -59,7 +59,7 @@ class RLConfig:
     save_steps: int = 10             # checkpoint every this many steps (ours) / optimiser updates (TRL's)
     seed: int = 0
     compute_dtype: str = "auto"      # bfloat16: bf16 autocast over each step (sampling, log-probs, loss) | float32 | auto: bf16 where measured faster
-    trainer: str = "rewardsae"       # "rewardsae": the GRPO step of chapter 4a (same update, 1.6x faster) | "trl": TRL's GRPOTrainer
+    trainer: str = "rewardsae"       # "rewardsae": the GRPO step of chapter 4a (same update, faster: BENCHMARKS.md) | "trl": TRL's GRPOTrainer
 
     @property
     def batch(self) -> int:

@@ -1,4 +1,4 @@
-"""`SparseAutoencoder` is the paper's dictionary learner (SPEC §1.4): one ReLU layer whose weight rows
+"""`SparseAutoencoder` is the paper's dictionary learner (paper §2, §5.2): one ReLU layer whose weight rows
 are renormalised to unit norm at every forward pass. `train_sae` fits one to a (tokens × d_model)
 matrix of activations, in memory or in a memmap on disk, and reports per-epoch reconstruction and
 sparsity. A toy problem with known ground-truth features checks that it really finds them."""
