@@ -43,6 +43,10 @@ def test_steering_the_base_with_delta_gives_the_tuned_models_logits_and_completi
     with row_edits(base, {(LAYER, "mlp"): {"add": delta.expand(2, -1)}}):
         _, logits_s = _mlp_out(base, enc)
     assert torch.allclose(logits_s, logits_t, atol=1e-4)
+    _, logits_b = _mlp_out(base, enc)
+    with row_edits(tuned, {(LAYER, "mlp"): {"add": -delta.expand(2, -1)}}):   # removal by subtraction: back to the base
+        _, logits_r = _mlp_out(tuned, enc)
+    assert torch.allclose(logits_r, logits_b, atol=1e-4)
     prefixes = ["the film was", "I did not like", "a great"]
     steered, *_ = generate_rows(base, tok, prefixes, [0, 1, 2], {(LAYER, "mlp"): {"add": v.expand(3, -1)}}, seed=3)
     plain, *_ = generate_rows(tuned, tok, prefixes, [0, 1, 2], seed=3)
@@ -106,6 +110,13 @@ def test_conditions_and_summary_of_a_planted_table():
     assert st[1.0]["recovered"] == [0.5, 0.5, 0.5] and st[2.0]["recovered"][0] == 1.0 and st[1.0]["random_recovered"][0] == 0
     rm = s["candidates"]["d"]["remove"]
     assert rm["removed"][0] == 1.0 and rm["random_removed"][0] == 0 and rm["beyond_random"][0] == 1.0
+    sub = causal_conditions({"d": (1, "mlp", np.ones(4))}, {}, alphas=[1.0], n_random=3, seed=0, removal="subtract")
+    minus = {c["name"]: c["edits"][0] for c in sub if c["name"].endswith("|remove")}
+    assert sorted(minus) == ["d|random0|remove", "d|random1|remove", "d|random2|remove", "d|remove"]
+    assert minus["d|remove"][2] == "add" and np.allclose(minus["d|remove"][3], -1)
+    assert np.allclose(minus["d|random0|remove"][3], -[c for c in sub if c["name"] == "d|random0|steer|1"][0]["edits"][0][3])
+    with pytest.raises(ValueError, match="removal must be 'project' or 'subtract'"):
+        causal_conditions({"d": (1, "mlp", np.ones(4))}, {}, [1.0], removal="zero")
     text = causal_section({**s, "n_random": 3})
     assert "recovers 50% [50%, 50%] of the gain" in text and "nan" not in text.lower()
 
