@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewardsae.dashboard import pick_latents, stage_dashboard, write_dashboard
+from rewardsae.dashboard import chromium_driver, pick_latents, screenshot, stage_dashboard, write_dashboard
 from rewardsae.dashboard_data import (LatentRef, RunFolder, latent_activations, latent_card, latent_lists, load_dictionary,
                                       logit_tokens, parse_latent)
 from rewardsae.models import load_causal_lm
@@ -135,17 +135,10 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
 def test_dashboard_in_headless_chromium(smoke, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     p, st, dash = smoke
     root = (Path(p.out) / "dashboard").resolve()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1200,1600"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
+    driver = chromium_driver(tempfile.mkdtemp(dir=tmp_path), chromium=CHROMIUM, driver=DRIVER)
     try:
         driver.get((root / "index.html").as_uri())
         links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "table a")]
@@ -176,5 +169,38 @@ def test_dashboard_in_headless_chromium(smoke, tmp_path):
         bg = driver.find_element(By.CSS_SELECTOR, ".tokens span.a10").value_of_css_property("background-color")
         assert bg.startswith("rgba(255, 110, 0") or bg == "rgb(255, 110, 0)"          # the local CSS was applied
         assert driver.save_screenshot(str(tmp_path / "latent.png")) and (tmp_path / "latent.png").stat().st_size > 10_000
+        small = screenshot(driver, root / "index.html", tmp_path / "small.png", colours=64)
+        from PIL import Image
+        assert Image.open(small).mode == "P" and small.stat().st_size < (tmp_path / "index.png").stat().st_size
     finally:
         driver.quit()
+
+
+def test_stages_the_smoke_run_lacks_are_read_when_present(smoke, tmp_path):
+    "Planted what_changed, probes and causal stages: their token lists, shifted / flagged latents and causal rows appear."
+    import json
+    import pandas as pd
+    p, st, _ = smoke
+    run = tmp_path / "more"
+    shutil.copytree(p.out, run, ignore=shutil.ignore_patterns("dashboard"))
+    def plant(name, result, csvs=()):
+        (run / "stages" / name).mkdir()
+        (run / "stages" / name / "stage.json").write_text(json.dumps({"key": {}, "result": result, "seconds": 0}))
+        for file, df in csvs:
+            df.to_csv(run / "stages" / name / file, index=False)
+    wc = {"methods": {"logit_diff": {"top_tokens": ["great", "awful"], "scores": [0.9, 0.4], "relevance": {"relevant": True, "fisher_p": 0.01}}}}
+    plant("what_changed", wc, [("latent_shifts-crosscoder-L3-reviews.csv", pd.DataFrame({"latent": [7, 8, 9], "shift": [0.1, -0.5, 0.2]}))])
+    plant("probes", {"rlhf": {"flagged": {"3": [1]}}},
+          [("flags-rlhf.csv", pd.DataFrame({"layer": [3], "large_idx": [5], "small_idx": [1], "description": ["praise words"], "flagged": [True]}))])
+    plant("causal", {"latent_sets": [{"layer": 3, "latent": 8, "dictionary": "crosscoder", "gain": 0.42}]})
+    lists = latent_lists(RunFolder(run), {"what_changed": wc})
+    sh = lists["Largest activation shifts"]
+    assert sh.latent.tolist() == [8, 9, 7] and (sh.dictionary == "crosscoder").all() and (sh.layer == 3).all()   # by |shift|
+    assert [str(LatentRef(d, l, x)) for d, l, x in zip(*(lists["Probes' flagged features"][c] for c in ("dictionary", "layer", "latent")))] == ["rlhf-small:3:1"]
+    write_dashboard(run, run / "dashboard", {"what_changed": wc}, max_pages=200)
+    index = (run / "dashboard" / "index.html").read_text()
+    assert "logit_diff" in index and "&#x27;great&#x27;" in index and "fisher_p" in index
+    page = (run / "dashboard" / "latents" / "crosscoder-L3-8.html").read_text()
+    assert "0.42" in page and "gain" in page                           # the causal row of this latent
+    assert "the causal tests did not cover this latent" in (run / "dashboard" / "latents" / "crosscoder-L3-9.html").read_text()
+    assert "praise words" in (run / "dashboard" / "latents" / "rlhf-small-L3-1.html").read_text()
