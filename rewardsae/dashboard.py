@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['CSS', 'SORT_JS', 'esc', 'CHROMIUM_FLAGS', 'page', 'table_html', 'tokens_html', 'histogram_svg', 'latent_page', 'render_markdown', 'index_page', 'pick_latents', 'write_dashboard', 'write_index', 'stage_dashboard', 'dashboard_section', 'chromium_driver', 'screenshot']
 
-# %% ../nbs/15_dashboard.ipynb #24bd6a5c
+# %% ../nbs/15_dashboard.ipynb #39e68d24
 import html
 import json
 import re
@@ -17,7 +17,7 @@ from .dashboard_data import (RunFolder, LatentRef, latent_lists, latent_activati
                                       logit_tokens, latent_info, causal_rows, parse_latent)
 from .files import atomic_folder, atomic_write_text
 
-# %% ../nbs/15_dashboard.ipynb #326cf28e
+# %% ../nbs/15_dashboard.ipynb #9153549b
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer}th.sorted-asc::after{content:" ▲"}th.sorted-desc::after{content:" ▼"}
@@ -78,7 +78,7 @@ def tokens_html(tokens: list[str], raw: list[float], scaled: list[int], peak: in
         out.append(f'<span class="{cls}" title="{a:.3g}">{t}</span>' if (a > 0 or i == peak) else t)
     return '<div class="tokens">' + "".join(out) + "</div>"
 
-# %% ../nbs/15_dashboard.ipynb #5c724cd5
+# %% ../nbs/15_dashboard.ipynb #25829cef
 def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: int = 520, height: int = 160) -> str:
     "An inline SVG bar chart of two histograms on common `edges`."
     n, top = len(base), max(max(base, default=0), max(tuned, default=0), 1)
@@ -98,7 +98,7 @@ def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: 
     return (f'<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<line x1="0" y1="{h + 5}" x2="{width}" y2="{h + 5}" stroke="#888"/>{"".join(bars)}{axis}{legend}</svg>')
 
-# %% ../nbs/15_dashboard.ipynb #b0c2f74f
+# %% ../nbs/15_dashboard.ipynb #495cc9c7
 def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str, causal: list | str) -> str:
     "The HTML of one latent's page (`card` / `logits` / `causal`: the data, or the line saying what is missing)."
     miss = lambda s: f'<p class="missing">{esc(s)}</p>'
@@ -132,7 +132,7 @@ def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str
                  + "</div>")
     return page(str(ref), "".join(b), depth=1)
 
-# %% ../nbs/15_dashboard.ipynb #385c395e
+# %% ../nbs/15_dashboard.ipynb #936ec895
 def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
     return MarkdownIt("commonmark").enable("table").render(text)
@@ -167,7 +167,9 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
     "The HTML of the dashboard's index (`pages`: `{LatentRef: href}` of the pages written)."
     p = rf.params
     b = [f"<h1>rewardsae run {esc(rf.run.name)}</h1><p>{esc(p.get('model', '?'))}, {esc(p.get('reward', '?'))} reward, "
-         f"{esc(p.get('preset', '?'))} preset · {len(pages)} latent pages</p>", "<h2>Verdict and key figures</h2>"]
+         f"{esc(p.get('preset', '?'))} preset · {len(pages)} latent pages</p>",
+         "<p class='small'>" + " · ".join(f'<a href="#s{i}">{esc(t)}</a>' for i, t in enumerate(lists))
+         + ' · <a href="#what-changed">token lists</a></p>', '<h2 id="verdict">Verdict and key figures</h2>']
     if report is None:
         b.append('<p class="missing">report.md not in this run (the summary has not been written)</p>')
     else:
@@ -176,8 +178,8 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
         if rest:
             b.append("<details><summary>The whole report</summary>" + render_markdown("## " + rest) + "</details>")
     b.append("<h2>Latents</h2>")
-    for title, df in lists.items():
-        b.append(f"<h3>{esc(title)}</h3>")
+    for i, (title, df) in enumerate(lists.items()):
+        b.append(f'<h3 id="s{i}">{esc(title)}</h3>')
         if isinstance(df, str):
             b.append(f'<p class="missing">{esc(df)}</p>')
             continue
@@ -194,10 +196,10 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
     if asked:
         df = pd.DataFrame({"latent": [str(r) for r in asked]})
         b.append("<h3>Asked for (the latents parameter)</h3>" + table_html(df, {i: pages[r] for i, r in enumerate(asked)}))
-    b.append("<h2>What RL changed: token lists</h2>" + _token_lists(what_changed))
+    b.append('<h2 id="what-changed">What RL changed: token lists</h2>' + _token_lists(what_changed))
     return page(f"rewardsae {rf.run.name}", "".join(b))
 
-# %% ../nbs/15_dashboard.ipynb #bebc29a3
+# %% ../nbs/15_dashboard.ipynb #8359a8ce
 def pick_latents(lists: dict, extra=(), max_pages: int = 200) -> list[LatentRef]:
     "`extra` first, then one row of each category in turn, without repeats, at most `max_pages`."
     tables = [[LatentRef(d, int(l), int(x)) for d, l, x in zip(df.dictionary, df.layer, df.latent)]
@@ -217,8 +219,10 @@ def write_dashboard(run, out, summary: dict | None = None, only=None, max_pages:
     `only`: the stage folders of the run's plan (default: all in the folder); `tokenizer`, `unembed`
     (`{"base": W_U, "rlhf": W_U}`): loaded from the run's models when not given."""
     from rewardsae.activations import ActivationStore
-    if int(max_pages) < 0:
-        raise ValueError(f"max_pages must be at least 0, got {max_pages}")
+    for name, v, lo in (("max_pages", max_pages, 0), ("k_top", k_top, 1), ("n_quantiles", n_quantiles, 0),
+                        ("per_quantile", per_quantile, 0), ("context", context, 0), ("n_logit", n_logit, 1)):
+        if not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer of at least {lo}, got {v!r}")
     rf = RunFolder(run, only)
     extra = [parse_latent(x) for x in latents]
     lists = latent_lists(rf, summary)
@@ -293,7 +297,7 @@ def write_index(rf: RunFolder, out, summary: dict | None, lists: dict | None = N
     (out / "index.html").write_text(index_page(rf, lists, {r: r.page for r in refs}, report, wc))
     return out / "index.html"
 
-# %% ../nbs/15_dashboard.ipynb #85344e20
+# %% ../nbs/15_dashboard.ipynb #c213b4ed
 def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top: int = 5, n_quantiles: int = 4,
                     per_quantile: int = 2, context: int = 12, n_logit: int = 10):
     """The run's feature dashboard, `run/dashboard/index.html`, from the finished stages `done` (`run_all`'s dict:
@@ -302,12 +306,10 @@ def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top:
     from rewardsae.stages import Stage, cached_stage
     for x in latents:
         parse_latent(x)   # a malformed name fails before any work
-    if int(max_pages) < 0:
-        raise ValueError(f"max_pages must be at least 0, got {max_pages}")
     run = Path(run)
     stages = plan_stages({k: v for k, v in done.items() if k != "summary"})
     summary = done.get("summary") if isinstance(done.get("summary"), dict) else None
-    kw = dict(max_pages=int(max_pages), latents=[str(x) for x in latents], k_top=k_top, n_quantiles=n_quantiles,
+    kw = dict(max_pages=max_pages, latents=[str(x) for x in latents], k_top=k_top, n_quantiles=n_quantiles,
               per_quantile=per_quantile, context=context, n_logit=n_logit)
     key = {"version": 1, **kw}   # the stages it reads are its deps
     def compute(folder):
@@ -331,7 +333,7 @@ def dashboard_section(result: dict, params=None) -> str:
             f"pages, base and tuned side by side, {result['bytes'] / 1e6:.1f} MB"
             + (f"; {miss} page sections say which stage they lack" if miss else "") + ".\n")
 
-# %% ../nbs/15_dashboard.ipynb #c82a8314
+# %% ../nbs/15_dashboard.ipynb #fccc4cef
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
 

@@ -118,6 +118,8 @@ def test_bad_input_names_the_missing_stage_or_the_latent(smoke, tmp_path):
     with pytest.raises(ValueError, match=r"latents: crosscoder:3:99999 is out of range: the crosscoder dictionary of layer 3 has \d+ latents"):
         write_dashboard(p.out, tmp_path / "bad", latents=["crosscoder:3:99999"])
     assert not (tmp_path / "bad").exists()                        # refused before any page is written
+    with pytest.raises(ValueError, match="k_top must be an integer of at least 1, got 0"):
+        write_dashboard(p.out, tmp_path / "bad", k_top=0)
     # a run folder without model_diff: the index and the asked-for crosscoder page say so; the rest is written
     run = tmp_path / "nodiff"
     shutil.copytree(p.out, run, ignore=shutil.ignore_patterns("dashboard"))
