@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['CSS', 'SORT_JS', 'esc', 'CHROMIUM_FLAGS', 'page', 'table_html', 'tokens_html', 'histogram_svg', 'latent_page', 'render_markdown', 'index_page', 'pick_latents', 'write_dashboard', 'write_index', 'stage_dashboard', 'dashboard_section', 'chromium_driver', 'screenshot']
 
-# %% ../nbs/15_dashboard.ipynb #39e68d24
+# %% ../nbs/15_dashboard.ipynb #6c3e7add
 import html
 import json
 import re
@@ -17,13 +17,14 @@ from .dashboard_data import (RunFolder, LatentRef, latent_lists, latent_activati
                                       logit_tokens, latent_info, causal_rows, parse_latent)
 from .files import atomic_folder, atomic_write_text
 
-# %% ../nbs/15_dashboard.ipynb #9153549b
+# %% ../nbs/15_dashboard.ipynb #2986dbcb
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer}th.sorted-asc::after{content:" ▲"}th.sorted-desc::after{content:" ▼"}
 .missing{color:#a33;font-style:italic}.tokens{font-family:monospace;font-size:12px;white-space:pre-wrap;line-height:1.7}
 .tokens span[title]{border-radius:2px}.peak{outline:1px solid #333}.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .group{font-size:12px;color:#555;margin-top:.6em}img{max-width:100%}.small{font-size:12px;color:#555}
+.report p:has(> img){display:inline-block;width:32%;margin:0 .5% .5em 0;vertical-align:top}.report p > img{width:100%}
 """ + "".join(f".a{s}{{background:rgba(255,110,0,{s / 10:.1f})}}" for s in range(1, 11))
 
 SORT_JS = """document.querySelectorAll('table.sortable').forEach(function(t){
@@ -78,7 +79,7 @@ def tokens_html(tokens: list[str], raw: list[float], scaled: list[int], peak: in
         out.append(f'<span class="{cls}" title="{a:.3g}">{t}</span>' if (a > 0 or i == peak) else t)
     return '<div class="tokens">' + "".join(out) + "</div>"
 
-# %% ../nbs/15_dashboard.ipynb #25829cef
+# %% ../nbs/15_dashboard.ipynb #2950b738
 def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: int = 520, height: int = 160) -> str:
     "An inline SVG bar chart of two histograms on common `edges`."
     n, top = len(base), max(max(base, default=0), max(tuned, default=0), 1)
@@ -98,7 +99,7 @@ def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: 
     return (f'<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<line x1="0" y1="{h + 5}" x2="{width}" y2="{h + 5}" stroke="#888"/>{"".join(bars)}{axis}{legend}</svg>')
 
-# %% ../nbs/15_dashboard.ipynb #495cc9c7
+# %% ../nbs/15_dashboard.ipynb #75bb2a1f
 def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str, causal: list | str) -> str:
     "The HTML of one latent's page (`card` / `logits` / `causal`: the data, or the line saying what is missing)."
     miss = lambda s: f'<p class="missing">{esc(s)}</p>'
@@ -108,31 +109,33 @@ def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str
     nums = dict(info.get("numbers", {}))
     if isinstance(card, dict):
         nums.update({k: v for k, v in card["stats"].items() if v is not None})
-    b.append("<h2>Numbers</h2>" + (table_html(pd.DataFrame({"quantity": list(nums), "value": [_fmt(v) for v in nums.values()]}),
-                                              sortable=False) if nums else miss("no stage of this run has numbers on this latent")))
-    b.append("<h2>Steering / ablation</h2>" + (table_html(pd.DataFrame(causal)) if isinstance(causal, list) else miss(causal)))
+    left = "<h2>Numbers</h2>" + (table_html(pd.DataFrame({"quantity": list(nums), "value": [_fmt(v) for v in nums.values()]}),
+                                            sortable=False) if nums else miss("no stage of this run has numbers on this latent"))
+    right = ("<h2>Activation histogram</h2>" + (histogram_svg(card["hist"]["edges"], card["hist"]["base"], card["hist"]["tuned"])
+                                                if isinstance(card, dict) else miss(card))
+             + "<h2>Steering / ablation</h2>" + (table_html(pd.DataFrame(causal)) if isinstance(causal, list) else miss(causal)))
+    b.append(f"<div class='pair'><div>{left}</div><div>{right}</div></div><h2>Examples</h2>")
+    if isinstance(card, dict):
+        b.append(f"<p class='small'>Fires in {card['n_firing_docs']} reviews; colours: the paper's 0–10 scale of the latent's "
+                 f"maximum over both models ({card['max_act']:.3g}); hover a token for its activation; the framed token is the "
+                 "example's peak. " + ("Crosscoder: what the latent writes into each model, code × ‖d_model‖."
+                                       if ref.dictionary == "crosscoder" else "The same SAE on each model's activations.")
+                 + "</p><div class='pair'><h3>base</h3><h3>tuned</h3></div>")
+        for ex in card["examples"]:
+            b.append(f"<div class='group'>{esc(ex['group'])} · review {ex['doc']}</div><div class='pair'>"
+                     + "".join(f"<div class='example-{m}'>{tokens_html(ex['tokens'], *ex[m], peak=ex['peak'])}</div>" for m in ("base", "tuned"))
+                     + "</div>")
+    else:
+        b.append(miss(card))
     b.append("<h2>Decoder direction through the unembedding</h2>")
     if isinstance(logits, dict):
         cols = {f"{w} ({m})": [f"{t!r} {v:+.3g}" for t, v in logits[m][w]] for m in ("base", "tuned") for w in ("promoted", "suppressed")}
         b.append(table_html(pd.DataFrame(cols), sortable=False))
     else:
         b.append(miss(logits))
-    if not isinstance(card, dict):
-        b.append("<h2>Examples</h2>" + miss(card))
-        return page(str(ref), "".join(b), depth=1)
-    b.append(f"<h2>Activation histogram</h2>{histogram_svg(card['hist']['edges'], card['hist']['base'], card['hist']['tuned'])}")
-    b.append(f"<h2>Examples</h2><p class='small'>Fires in {card['n_firing_docs']} reviews; colours: the paper's 0–10 scale of "
-             f"the latent's maximum over both models ({card['max_act']:.3g}); hover a token for its activation; the framed token "
-             "is the example's peak. " + ("Crosscoder: what the latent writes into each model, code × ‖d_model‖."
-                                          if ref.dictionary == "crosscoder" else "The same SAE on each model's activations.")
-             + "</p><div class='pair'><h3>base</h3><h3>tuned</h3></div>")
-    for ex in card["examples"]:
-        b.append(f"<div class='group'>{esc(ex['group'])} · review {ex['doc']}</div><div class='pair'>"
-                 + "".join(f"<div class='example-{m}'>{tokens_html(ex['tokens'], *ex[m], peak=ex['peak'])}</div>" for m in ("base", "tuned"))
-                 + "</div>")
     return page(str(ref), "".join(b), depth=1)
 
-# %% ../nbs/15_dashboard.ipynb #936ec895
+# %% ../nbs/15_dashboard.ipynb #baf40e31
 def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
     return MarkdownIt("commonmark").enable("table").render(text)
@@ -174,7 +177,7 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
         b.append('<p class="missing">report.md not in this run (the summary has not been written)</p>')
     else:
         head, _, rest = report.partition("\n## ")
-        b.append(render_markdown(head.split("\n", 1)[1] if head.startswith("# ") else head))
+        b.append('<div class="report">' + render_markdown(head.split("\n", 1)[1] if head.startswith("# ") else head) + "</div>")
         if rest:
             b.append("<details><summary>The whole report</summary>" + render_markdown("## " + rest) + "</details>")
     b.append("<h2>Latents</h2>")
@@ -199,7 +202,7 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
     b.append('<h2 id="what-changed">What RL changed: token lists</h2>' + _token_lists(what_changed))
     return page(f"rewardsae {rf.run.name}", "".join(b))
 
-# %% ../nbs/15_dashboard.ipynb #8359a8ce
+# %% ../nbs/15_dashboard.ipynb #43382b1a
 def pick_latents(lists: dict, extra=(), max_pages: int = 200) -> list[LatentRef]:
     "`extra` first, then one row of each category in turn, without repeats, at most `max_pages`."
     tables = [[LatentRef(d, int(l), int(x)) for d, l, x in zip(df.dictionary, df.layer, df.latent)]
@@ -297,7 +300,7 @@ def write_index(rf: RunFolder, out, summary: dict | None, lists: dict | None = N
     (out / "index.html").write_text(index_page(rf, lists, {r: r.page for r in refs}, report, wc))
     return out / "index.html"
 
-# %% ../nbs/15_dashboard.ipynb #c213b4ed
+# %% ../nbs/15_dashboard.ipynb #cac28f6c
 def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top: int = 5, n_quantiles: int = 4,
                     per_quantile: int = 2, context: int = 12, n_logit: int = 10):
     """The run's feature dashboard, `run/dashboard/index.html`, from the finished stages `done` (`run_all`'s dict:
@@ -333,7 +336,7 @@ def dashboard_section(result: dict, params=None) -> str:
             f"pages, base and tuned side by side, {result['bytes'] / 1e6:.1f} MB"
             + (f"; {miss} page sections say which stage they lack" if miss else "") + ".\n")
 
-# %% ../nbs/15_dashboard.ipynb #fccc4cef
+# %% ../nbs/15_dashboard.ipynb #f93397c3
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
 
