@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['CSS', 'SORT_JS', 'esc', 'CHROMIUM_FLAGS', 'page', 'table_html', 'tokens_html', 'histogram_svg', 'latent_page', 'render_markdown', 'index_page', 'pick_latents', 'write_dashboard', 'write_index', 'stage_dashboard', 'dashboard_section', 'chromium_driver', 'screenshot']
 
-# %% ../nbs/15_dashboard.ipynb #6c3e7add
+# %% ../nbs/15_dashboard.ipynb #f94bbb75
 import html
 import json
 import re
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from .dashboard_data import (RunFolder, LatentRef, latent_lists, latent_activations, latent_card, load_dictionary,
-                                      logit_tokens, latent_info, causal_rows, parse_latent)
+                                      logit_tokens, latent_info, causal_rows, parse_latent, review_rows)
 from .files import atomic_folder, atomic_write_text
 
-# %% ../nbs/15_dashboard.ipynb #2986dbcb
+# %% ../nbs/15_dashboard.ipynb #4f0a0016
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer}th.sorted-asc::after{content:" ▲"}th.sorted-desc::after{content:" ▼"}
@@ -79,7 +79,7 @@ def tokens_html(tokens: list[str], raw: list[float], scaled: list[int], peak: in
         out.append(f'<span class="{cls}" title="{a:.3g}">{t}</span>' if (a > 0 or i == peak) else t)
     return '<div class="tokens">' + "".join(out) + "</div>"
 
-# %% ../nbs/15_dashboard.ipynb #2950b738
+# %% ../nbs/15_dashboard.ipynb #b6dacd80
 def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: int = 520, height: int = 160) -> str:
     "An inline SVG bar chart of two histograms on common `edges`."
     n, top = len(base), max(max(base, default=0), max(tuned, default=0), 1)
@@ -99,7 +99,7 @@ def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: 
     return (f'<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<line x1="0" y1="{h + 5}" x2="{width}" y2="{h + 5}" stroke="#888"/>{"".join(bars)}{axis}{legend}</svg>')
 
-# %% ../nbs/15_dashboard.ipynb #75bb2a1f
+# %% ../nbs/15_dashboard.ipynb #490f8e10
 def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str, causal: list | str) -> str:
     "The HTML of one latent's page (`card` / `logits` / `causal`: the data, or the line saying what is missing)."
     miss = lambda s: f'<p class="missing">{esc(s)}</p>'
@@ -117,7 +117,8 @@ def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str
     b.append(f"<div class='pair'><div>{left}</div><div>{right}</div></div><h2>Examples</h2>")
     if isinstance(card, dict):
         b.append(f"<p class='small'>Fires in {card['n_firing_docs']} reviews; colours: the paper's 0–10 scale of the latent's "
-                 f"maximum over both models ({card['max_act']:.3g}); hover a token for its activation; the framed token is the "
+                 f"maximum over both models ({card['max_act']:.3g}); numbers and examples on the first {card['n_tokens']} tokens "
+                 f"({card['n_reviews']} reviews); hover a token for its activation; the framed token is the "
                  "example's peak. " + ("Crosscoder: what the latent writes into each model, code × ‖d_model‖."
                                        if ref.dictionary == "crosscoder" else "The same SAE on each model's activations.")
                  + "</p><div class='pair'><h3>base</h3><h3>tuned</h3></div>")
@@ -135,7 +136,7 @@ def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str
         b.append(miss(logits))
     return page(str(ref), "".join(b), depth=1)
 
-# %% ../nbs/15_dashboard.ipynb #baf40e31
+# %% ../nbs/15_dashboard.ipynb #f99cefd3
 def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
     return MarkdownIt("commonmark").enable("table").render(text)
@@ -202,7 +203,7 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
     b.append('<h2 id="what-changed">What RL changed: token lists</h2>' + _token_lists(what_changed))
     return page(f"rewardsae {rf.run.name}", "".join(b))
 
-# %% ../nbs/15_dashboard.ipynb #43382b1a
+# %% ../nbs/15_dashboard.ipynb #fd24a778
 def pick_latents(lists: dict, extra=(), max_pages: int = 200) -> list[LatentRef]:
     "`extra` first, then one row of each category in turn, without repeats, at most `max_pages`."
     tables = [[LatentRef(d, int(l), int(x)) for d, l, x in zip(df.dictionary, df.layer, df.latent)]
@@ -217,13 +218,13 @@ def pick_latents(lists: dict, extra=(), max_pages: int = 200) -> list[LatentRef]
 
 def write_dashboard(run, out, summary: dict | None = None, only=None, max_pages: int = 200, latents=(), k_top: int = 5,
                     n_quantiles: int = 4, per_quantile: int = 2, context: int = 12, n_logit: int = 10,
-                    tokenizer=None, unembed: dict | None = None) -> dict:
+                    max_tokens: int = 100_000, tokenizer=None, unembed: dict | None = None) -> dict:
     """Write the dashboard of run folder `run` into folder `out`; returns `{"n_pages", "pages", "missing"}`.
     `only`: the stage folders of the run's plan (default: all in the folder); `tokenizer`, `unembed`
     (`{"base": W_U, "rlhf": W_U}`): loaded from the run's models when not given."""
     from rewardsae.activations import ActivationStore
     for name, v, lo in (("max_pages", max_pages, 0), ("k_top", k_top, 1), ("n_quantiles", n_quantiles, 0),
-                        ("per_quantile", per_quantile, 0), ("context", context, 0), ("n_logit", n_logit, 1)):
+                        ("per_quantile", per_quantile, 0), ("context", context, 0), ("n_logit", n_logit, 1), ("max_tokens", max_tokens, 1)):
         if not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer of at least {lo}, got {v!r}")
     rf = RunFolder(run, only)
@@ -248,12 +249,14 @@ def write_dashboard(run, out, summary: dict | None = None, only=None, max_pages:
         tokenizer = tokenizer or tok_m[1]
         unembed = unembed or {"base": tok_m[0].get_output_embeddings().weight.detach(),
                               **({"rlhf": load_model(tuned)[0].get_output_embeddings().weight.detach()} if tuned else {})}
-    A, utility = {}, None
+    A, utility, n_rows = {}, None, 0
     if len(stores) == 2:
         store = stores["base"]
-        A = latent_activations(stores, dicts, [r for r in refs if r.layer in store.layers and r.layer in stores["rlhf"].layers])
+        n_rows = review_rows(store.doc, max_tokens)
+        A = latent_activations(stores, dicts, [r for r in refs if r.layer in store.layers and r.layer in stores["rlhf"].layers], n_rows)
         from rewardsae.scores import token_word_utilities
-        utility = token_word_utilities(store.token_id, store.doc, tokenizer, pos=store.pos) if A else None
+        doc, token_id = store.doc[:n_rows], store.token_id[:n_rows]
+        utility = token_word_utilities(token_id, doc, tokenizer, pos=store.pos[:n_rows]) if A else None
     out = Path(out)
     (out / "latents").mkdir(parents=True, exist_ok=True)
     (out / "style.css").write_text(CSS)
@@ -269,7 +272,7 @@ def write_dashboard(run, out, summary: dict | None = None, only=None, max_pages:
             logits = {m: logit_tokens(d.decoders[role][r.latent], unembed[role], tokenizer, k=n_logit)
                       for m, role in (("base", "base"), ("tuned", "rlhf"))} if "rlhf" in unembed else "the tuned model (stage policy) is not in this run"
             if r in A:
-                card = latent_card(*A[r], store.doc, store.token_id, tokenizer, utility, k_top=k_top, n_quantiles=n_quantiles,
+                card = latent_card(*A[r], doc, token_id, tokenizer, utility, k_top=k_top, n_quantiles=n_quantiles,
                                    per_quantile=per_quantile, context=context, seed=rf.seed)
             else:
                 card = ("stage " + " and ".join(f"activations-{m}" for m in ("base", "rlhf") if m not in stores) + " not in this run"
@@ -279,7 +282,8 @@ def write_dashboard(run, out, summary: dict | None = None, only=None, max_pages:
                 missing.setdefault(v, []).append(str(r))
         (out / r.page).write_text(latent_page(r, card, latent_info(rf, r), logits, causal_rows(rf, r)))
     write_index(rf, out, summary, lists, refs)
-    return {"n_pages": len(refs), "pages": [str(r) for r in refs], "missing": missing,
+    return {"n_pages": len(refs), "pages": [str(r) for r in refs], "missing": missing, "n_tokens_read": int(n_rows),
+            "n_reviews_read": int(len(np.unique(doc))) if n_rows else 0,
             "bytes": int(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))}
 
 
@@ -300,9 +304,9 @@ def write_index(rf: RunFolder, out, summary: dict | None, lists: dict | None = N
     (out / "index.html").write_text(index_page(rf, lists, {r: r.page for r in refs}, report, wc))
     return out / "index.html"
 
-# %% ../nbs/15_dashboard.ipynb #cac28f6c
+# %% ../nbs/15_dashboard.ipynb #7a21821f
 def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top: int = 5, n_quantiles: int = 4,
-                    per_quantile: int = 2, context: int = 12, n_logit: int = 10):
+                    per_quantile: int = 2, context: int = 12, n_logit: int = 10, max_tokens: int = 100_000):
     """The run's feature dashboard, `run/dashboard/index.html`, from the finished stages `done` (`run_all`'s dict:
     stages or dicts of stages, and `summary` once written) and `run/report.md`. Cheap: reads what is computed."""
     from rewardsae.pipeline import load_model, model_paths, plan_stages
@@ -313,7 +317,7 @@ def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top:
     stages = plan_stages({k: v for k, v in done.items() if k != "summary"})
     summary = done.get("summary") if isinstance(done.get("summary"), dict) else None
     kw = dict(max_pages=max_pages, latents=[str(x) for x in latents], k_top=k_top, n_quantiles=n_quantiles,
-              per_quantile=per_quantile, context=context, n_logit=n_logit)
+              per_quantile=per_quantile, context=context, n_logit=n_logit, max_tokens=max_tokens)
     key = {"version": 1, **kw}   # the stages it reads are its deps
     def compute(folder):
         tok, unembed = None, None
@@ -336,7 +340,7 @@ def dashboard_section(result: dict, params=None) -> str:
             f"pages, base and tuned side by side, {result['bytes'] / 1e6:.1f} MB"
             + (f"; {miss} page sections say which stage they lack" if miss else "") + ".\n")
 
-# %% ../nbs/15_dashboard.ipynb #f93397c3
+# %% ../nbs/15_dashboard.ipynb #fad1b5b8
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
 

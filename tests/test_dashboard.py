@@ -10,7 +10,7 @@ import torch
 
 from rewardsae.dashboard import chromium_driver, pick_latents, screenshot, stage_dashboard, write_dashboard
 from rewardsae.dashboard_data import (LatentRef, RunFolder, latent_activations, latent_card, latent_lists, load_dictionary,
-                                      logit_tokens, parse_latent)
+                                      logit_tokens, parse_latent, review_rows)
 from rewardsae.models import load_causal_lm
 from rewardsae.pipeline import activation_store, make_params, run_all
 
@@ -43,6 +43,11 @@ def test_logit_tokens_are_the_extremes_of_the_unembedded_direction():
     out = logit_tokens(torch.tensor([2.0, -1.0]), W, ["a", "b", "c", "d"], k=2)
     assert out["promoted"] == [("a", 2.0), ("d", 1.0)]
     assert out["suppressed"] == [("c", -2.0), ("b", -1.0)]
+
+
+def test_pages_read_whole_reviews_up_to_max_tokens():
+    doc = np.array([0, 0, 1, 1, 1, 2])
+    assert [review_rows(doc, m) for m in (None, 10, 6, 5, 3, 2, 1)] == [6, 6, 6, 5, 2, 2, 2]   # never a cut review; at least one
 
 
 def test_latent_names_and_page_picking():
