@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['CSS', 'SORT_JS', 'esc', 'CHROMIUM_FLAGS', 'page', 'table_html', 'tokens_html', 'histogram_svg', 'latent_page', 'render_markdown', 'index_page', 'pick_latents', 'write_dashboard', 'write_index', 'stage_dashboard', 'dashboard_section', 'chromium_driver', 'screenshot']
 
-# %% ../nbs/15_dashboard.ipynb #f94bbb75
+# %% ../nbs/15_dashboard.ipynb #1864a2bc
 import html
 import json
 import re
@@ -17,7 +17,7 @@ from .dashboard_data import (RunFolder, LatentRef, latent_lists, latent_activati
                                       logit_tokens, latent_info, causal_rows, parse_latent, review_rows)
 from .files import atomic_folder, atomic_write_text
 
-# %% ../nbs/15_dashboard.ipynb #4f0a0016
+# %% ../nbs/15_dashboard.ipynb #dba1a534
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer}th.sorted-asc::after{content:" ▲"}th.sorted-desc::after{content:" ▼"}
@@ -79,7 +79,7 @@ def tokens_html(tokens: list[str], raw: list[float], scaled: list[int], peak: in
         out.append(f'<span class="{cls}" title="{a:.3g}">{t}</span>' if (a > 0 or i == peak) else t)
     return '<div class="tokens">' + "".join(out) + "</div>"
 
-# %% ../nbs/15_dashboard.ipynb #b6dacd80
+# %% ../nbs/15_dashboard.ipynb #b0033200
 def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: int = 520, height: int = 160) -> str:
     "An inline SVG bar chart of two histograms on common `edges`."
     n, top = len(base), max(max(base, default=0), max(tuned, default=0), 1)
@@ -99,7 +99,7 @@ def histogram_svg(edges: list[float], base: list[int], tuned: list[int], width: 
     return (f'<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<line x1="0" y1="{h + 5}" x2="{width}" y2="{h + 5}" stroke="#888"/>{"".join(bars)}{axis}{legend}</svg>')
 
-# %% ../nbs/15_dashboard.ipynb #490f8e10
+# %% ../nbs/15_dashboard.ipynb #742697e2
 def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str, causal: list | str) -> str:
     "The HTML of one latent's page (`card` / `logits` / `causal`: the data, or the line saying what is missing)."
     miss = lambda s: f'<p class="missing">{esc(s)}</p>'
@@ -136,7 +136,7 @@ def latent_page(ref: LatentRef, card: dict | str, info: dict, logits: dict | str
         b.append(miss(logits))
     return page(str(ref), "".join(b), depth=1)
 
-# %% ../nbs/15_dashboard.ipynb #f99cefd3
+# %% ../nbs/15_dashboard.ipynb #0f3118ef
 def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
     return MarkdownIt("commonmark").enable("table").render(text)
@@ -203,7 +203,7 @@ def index_page(rf: RunFolder, lists: dict, pages: dict, report: str | None, what
     b.append('<h2 id="what-changed">What RL changed: token lists</h2>' + _token_lists(what_changed))
     return page(f"rewardsae {rf.run.name}", "".join(b))
 
-# %% ../nbs/15_dashboard.ipynb #fd24a778
+# %% ../nbs/15_dashboard.ipynb #dea5ca78
 def pick_latents(lists: dict, extra=(), max_pages: int = 200) -> list[LatentRef]:
     "`extra` first, then one row of each category in turn, without repeats, at most `max_pages`."
     tables = [[LatentRef(d, int(l), int(x)) for d, l, x in zip(df.dictionary, df.layer, df.latent)]
@@ -300,11 +300,11 @@ def write_index(rf: RunFolder, out, summary: dict | None, lists: dict | None = N
     for f in sorted((rf.run / "figures").glob("*.png")):
         shutil.copy2(f, figs / f.name)
     report = (rf.run / "report.md").read_text() if (rf.run / "report.md").exists() else None
-    wc = (summary or {}).get("what_changed") or (rf.result("what_changed") or {}).get("what_changed")
+    wc = (summary or {}).get("what_changed") or rf.result("what_changed")   # the summary's key, else the stage's result
     (out / "index.html").write_text(index_page(rf, lists, {r: r.page for r in refs}, report, wc))
     return out / "index.html"
 
-# %% ../nbs/15_dashboard.ipynb #7a21821f
+# %% ../nbs/15_dashboard.ipynb #68f3cc9c
 def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top: int = 5, n_quantiles: int = 4,
                     per_quantile: int = 2, context: int = 12, n_logit: int = 10, max_tokens: int = 100_000):
     """The run's feature dashboard, `run/dashboard/index.html`, from the finished stages `done` (`run_all`'s dict:
@@ -340,7 +340,7 @@ def dashboard_section(result: dict, params=None) -> str:
             f"pages, base and tuned side by side, {result['bytes'] / 1e6:.1f} MB"
             + (f"; {miss} page sections say which stage they lack" if miss else "") + ".\n")
 
-# %% ../nbs/15_dashboard.ipynb #fad1b5b8
+# %% ../nbs/15_dashboard.ipynb #81c13f7d
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
 

@@ -211,3 +211,5 @@ def test_stages_the_smoke_run_lacks_are_read_when_present(smoke, tmp_path):
     assert "0.42" in page and "gain" in page                           # the causal row of this latent
     assert "the causal tests did not cover this latent" in (run / "dashboard" / "latents" / "crosscoder-L3-9.html").read_text()
     assert "praise words" in (run / "dashboard" / "latents" / "rlhf-small-L3-1.html").read_text()
+    write_dashboard(run, run / "dash2", None, max_pages=1)          # no summary: the token lists come from the stage's result
+    assert "logit_diff" in (run / "dash2" / "index.html").read_text()
