@@ -17,8 +17,9 @@ from .files import save_figure
 from .sae import _as_2d, _chunks, _sample_rows
 
 # %% auto #0
-__all__ = ['heldout_metrics', 'pca_baseline_fvu', 'ce_loss_recovered', 'reward_signal_r2', 'reward_signal_check',
-           'plot_firing_histograms', 'training_curve_plot']
+__all__ = ['heldout_metrics', 'pca_baseline_fvu', 'ce_loss_recovered', 'reward_signal_r2', 'UntrainedDictionary',
+           'untrained_like', 'token_identity_r2', 'reward_signal_check', 'plot_firing_histograms',
+           'training_curve_plot', 'stage_sae_checks', 'sae_checks_section']
 
 # %% ../nbs/07b_sae_eval.ipynb #f3f680b6
 @torch.no_grad()
@@ -93,10 +94,22 @@ def pca_baseline_fvu(x_train, x_test, rank: int, batch: int = 65536, max_rows: i
     return sse / max(var, 1e-30)
 
 # %% ../nbs/07b_sae_eval.ipynb #c4f1ad5d
+def _ratio_ci(zero, sae, clean, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval over documents of `(Σ zero − Σ sae) / (Σ zero − Σ clean)`, the per-document summed
+    cross-entropies resampled together (a document's tokens stay together)."""
+    z, s, c = (np.asarray(a, dtype=np.float64) for a in (zero, sae, clean))
+    idx = np.random.default_rng(seed).integers(0, len(z), size=(n_boot, len(z)))
+    zb, sb, cb = z[idx].sum(1), s[idx].sum(1), c[idx].sum(1)
+    ok = np.abs(zb - cb) > 1e-12
+    r = (zb[ok] - sb[ok]) / (zb[ok] - cb[ok])
+    return [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))] if len(r) else [float("nan")] * 2
+
+
 @torch.no_grad()
 def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp", max_length: int = 64,
-                      batch_size: int = 8) -> dict:
-    "`ce_clean`, `ce_sae`, `ce_zero` and `ce_loss_recovered` of splicing `sae` at `site` of block `layer` on `texts`."
+                      batch_size: int = 8, n_boot: int = 1000, seed: int = 0) -> dict:
+    """`ce_clean`, `ce_sae`, `ce_zero` and `ce_loss_recovered` of splicing `sae` at `site` of block `layer` on `texts`,
+    with `ce_loss_recovered_ci` (95% bootstrap over the texts, `n_boot` draws) and `n_docs`."""
     from rewardsae.activations import _hook_point
     if isinstance(texts, str) or not len(texts):
         raise ValueError("texts must be a non-empty list of strings")
@@ -114,7 +127,8 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
 
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "right"
-    totals = {"clean": [0.0, 0], "sae": [0.0, 0], "zero": [0.0, 0]}
+    per_doc = {"clean": [], "sae": [], "zero": []}          # summed CE of each text
+    counts = []
     was_training = model.training
     model.eval()
     try:
@@ -123,8 +137,9 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
                             max_length=max_length)
             ids, mask = enc["input_ids"], enc["attention_mask"]
             labels = ids[:, 1:]
-            keep = mask[:, 1:].bool()
-            for name in totals:
+            keep = mask[:, 1:].float()
+            counts += keep.sum(1).tolist()
+            for name in per_doc:
                 mode["value"] = name
                 h = module.register_forward_hook(hook) if name != "clean" else None
                 try:
@@ -134,15 +149,17 @@ def ce_loss_recovered(model, tokenizer, texts, layer: int, sae, site: str = "mlp
                         h.remove()
                 ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                        reduction="none").reshape(labels.shape)
-                totals[name][0] += float(ce[keep].sum())
-                totals[name][1] += int(keep.sum())
+                per_doc[name] += (ce * keep).sum(1).double().tolist()
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)
-    ce = {k: s / max(c, 1) for k, (s, c) in totals.items()}
+    n_tok = max(sum(counts), 1)
+    ce = {k: sum(v) / n_tok for k, v in per_doc.items()}
     denom = ce["zero"] - ce["clean"]
     rec = (ce["zero"] - ce["sae"]) / denom if abs(denom) > 1e-12 else float("nan")
-    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_loss_recovered": rec}
+    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_loss_recovered": rec,
+            "ce_loss_recovered_ci": _ratio_ci(per_doc["zero"], per_doc["sae"], per_doc["clean"], n_boot, seed),
+            "n_docs": len(counts)}
 
 # %% ../nbs/07b_sae_eval.ipynb #1e7d1300
 def _ridge(X, y):
@@ -201,18 +218,91 @@ def _encode_all(sae, x, batch_size: int = 8192):
     return scipy.sparse.vstack([scipy.sparse.csr_matrix(sae.encode(torch.as_tensor(np.asarray(a[i:i + batch_size], dtype=np.float32))).numpy())
                                 for i in range(0, n, batch_size)], format="csr")
 
+# %% ../nbs/07b_sae_eval.ipynb #8ba0370d
+class UntrainedDictionary(torch.nn.Module):
+    """A dictionary that learned nothing: `d_hidden` random unit directions (seeded) as decoder rows, the encoder
+    their transpose, and each token keeps its `k` largest positive codes (top-k per token)."""
 
+    def __init__(self, d_in: int, d_hidden: int, k: int, seed: int = 0):
+        super().__init__()
+        if not 0 < int(k) <= int(d_hidden):
+            raise ValueError(f"k must be in (0, d_hidden={d_hidden}], got {k!r}")
+        W = torch.randn(int(d_hidden), int(d_in), generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("W", W / W.norm(dim=1, keepdim=True))
+        self.d_in, self.d_hidden, self.k = int(d_in), int(d_hidden), int(k)
+
+    def decoder_weight(self) -> torch.Tensor:
+        "The (d_hidden × d_in) unit-norm random dictionary."
+        return self.W
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        "Top-`k` of `ReLU(W x)` per token, the rest 0."
+        pre = torch.relu(torch.nn.functional.linear(x.float(), self.W))
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W
+
+
+def untrained_like(sae, l0: float | None = None, seed: int = 0) -> UntrainedDictionary:
+    """An `UntrainedDictionary` as wide as `sae`, keeping `round(l0)` codes per token (default: a BatchTopK `sae.k`;
+    an L1 SAE has no k: pass its held-out L0)."""
+    k = l0 if l0 is not None else getattr(sae, "k", None)
+    if k is None:
+        raise ValueError("l0 is needed for a dictionary without k (an L1 SAE): pass its held-out L0")
+    return UntrainedDictionary(sae.d_in, sae.d_hidden, min(sae.d_hidden, max(1, int(round(float(k))))), seed)
+
+
+def _onehot_ridge(t, y, n_cols: int):
+    """`solve(α) -> (w, b)`: ridge regression of `y` on the one-hot of the integers `t` (0 ≤ t < n_cols) with an
+    unpenalised intercept, exactly: the centred Gram matrix is diag(counts) − n m mᵀ (Sherman–Morrison)."""
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    cnt = np.bincount(t, minlength=n_cols).astype(np.float64)
+    m, ybar = cnt / n, float(y.mean())
+    c = np.bincount(t, weights=y, minlength=n_cols) - n * m * ybar
+    def solve(a):
+        inv = 1.0 / (cnt + a)
+        ac, am = inv * c, inv * m
+        w = ac + am * (n * float(m @ ac)) / (1.0 - n * float(m @ am))
+        return w, ybar - float(m @ w)
+    return solve
+
+
+def token_identity_r2(tokens_train, u_train, tokens_test, u_test, alphas=tuple(np.logspace(-3, 4, 15))) -> float:
+    """Held-out R² of a ridge regression from the one-hot of the current token to its utility (a token lookup);
+    α chosen on the last 20% of the training rows, as `reward_signal_r2`. Tokens never seen in training get 0."""
+    ttr, tte = np.asarray(tokens_train), np.asarray(tokens_test)
+    ytr, yte = np.asarray(u_train, dtype=np.float64), np.asarray(u_test, dtype=np.float64)
+    if len(ttr) < 10:
+        raise ValueError(f"token_identity_r2 needs at least 10 training rows, got {len(ttr)}")
+    vocab, col = np.unique(ttr, return_inverse=True)
+    pos = np.clip(np.searchsorted(vocab, tte), 0, len(vocab) - 1)
+    seen = vocab[pos] == tte
+    def r2(w, b, cols, ok, y):
+        pred = b + np.where(ok, w[cols], 0.0)
+        return 1.0 - float(((y - pred) ** 2).sum()) / max(float(((y - y.mean()) ** 2).sum()), 1e-30)
+    cut = int(0.8 * len(ttr))
+    inner = _onehot_ridge(col[:cut], ytr[:cut], len(vocab))
+    best = max(alphas, key=lambda a: r2(*inner(a), col[cut:], np.ones(len(ttr) - cut, bool), ytr[cut:]))
+    return r2(*_onehot_ridge(col, ytr, len(vocab))(best), pos, seen, yte)
+
+# %% ../nbs/07b_sae_eval.ipynb #f3630be5
 def reward_signal_check(sae, x_train, u_train, x_test, u_test, max_rows: int = 50_000, seed: int = 0,
-                        raw_r2: float | None = None) -> dict:
-    """`raw_r2`, `feature_r2` and `kept` = feature_r2 / raw_r2: how much of the linear reward signal the features keep.
-    `raw_r2`: the raw activations' R² when already known (it depends on the data only, not on the dictionary)."""
+                        raw_r2: float | None = None, untrained=None) -> dict:
+    """`raw_r2` (ridge on the raw activations) and `feature_r2` (on `sae`'s codes), and `untrained_r2` (on an
+    `untrained` dictionary's codes, e.g. `untrained_like(sae, l0)`) when given. `raw_r2`: the raw activations' R²
+    when already known (it depends on the data only, not on the dictionary)."""
     a, n, _ = _as_2d(x_train, "x_train")
     idx = np.sort(np.random.default_rng(seed).choice(n, min(n, max_rows), replace=False))
     xtr, utr = np.asarray(a[idx], dtype=np.float32), np.asarray(u_train)[idx]
     xte = np.asarray(x_test, dtype=np.float32)
     raw = reward_signal_r2(xtr, utr, xte, u_test, max_rows, seed) if raw_r2 is None else float(raw_r2)
-    feat = reward_signal_r2(_encode_all(sae, xtr), utr, _encode_all(sae, xte), u_test, max_rows, seed)
-    return {"raw_r2": raw, "feature_r2": feat, "kept": feat / raw if raw > 0 else float("nan")}
+    out = {"raw_r2": raw, "feature_r2": reward_signal_r2(_encode_all(sae, xtr), utr, _encode_all(sae, xte), u_test, max_rows, seed)}
+    if untrained is not None:
+        out["untrained_r2"] = reward_signal_r2(_encode_all(untrained, xtr), utr, _encode_all(untrained, xte), u_test, max_rows, seed)
+    return out
 
 # %% ../nbs/07b_sae_eval.ipynb #874f14fa
 def plot_firing_histograms(freqs: dict, path=None, title: str | None = None):
@@ -258,3 +348,84 @@ def training_curve_plot(metrics_by_label: dict, path=None):
     if path is not None:
         save_figure(fig, path)
     return fig
+
+# %% ../nbs/07b_sae_eval.ipynb #a6867d19
+def stage_sae_checks(p, run, policy, acts: dict, saes: dict, ce_docs: int = 96, ridge_rows: int = 25_000,
+                     n_boot: int = 1000):
+    """The `sae_checks` stage (see above): `{"rows": [...], "token_r2": {model: R²}, "ce_docs": n}`; one row per
+    (model, layer, size) with `l0`, `raw_r2`, `feature_r2`, `untrained_r2`, `token_r2` and, for the large ones,
+    `ce_clean`, `ce_sae`, `ce_zero`, `ce_loss_recovered`, `ce_ci_low`, `ce_ci_high`, `n_ce_docs`."""
+    from rewardsae.batchtopk import load_any_sae
+    from rewardsae.pipeline import HOOKS, activation_store, heldout_split, load_model, model_paths, review_texts
+    from rewardsae.scores import token_word_utilities
+    from rewardsae.stages import cached_stage
+    for name, v in (("ce_docs", ce_docs), ("ridge_rows", ridge_rows), ("n_boot", n_boot)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    first = {k: s for k, s in saes.items() if k[3] == p.sae_seeds[0]}
+    def compute(folder):
+        rows, token_r2 = [], {}
+        tok = load_model(p.model)[1]
+        texts = review_texts(p)
+        for role in ("base", "rlhf"):
+            store = activation_store(acts[role])
+            split = heldout_split(store, p.heldout_frac)
+            u = token_word_utilities(store.token_id, store.doc, tok, pos=store.pos)
+            held_texts = list(texts[int(store.doc[split]):])[:ce_docs]
+            idx = np.sort(np.random.default_rng(p.seed).choice(split, min(split, ridge_rows), replace=False))
+            token_r2[role] = token_identity_r2(np.asarray(store.token_id)[idx], u[idx], np.asarray(store.token_id)[split:], u[split:])
+            model = load_model(model_paths(p, policy)[role])[0]
+            data = {}
+            for (r, layer, size, seed), st in first.items():
+                if r != role:
+                    continue
+                sae = load_any_sae(st.folder / "sae")
+                if layer not in data:      # the training sample and the raw activations' R²: once per layer
+                    x = store.activations(layer)
+                    xtr, utr, xte = np.asarray(x[idx]), u[idx], np.asarray(x[split:])
+                    data[layer] = (xtr, utr, xte, reward_signal_r2(xtr, utr, xte, u[split:], seed=p.seed))
+                xtr, utr, xte, raw_r2 = data[layer]
+                l0 = float(st.result["l0"])
+                untrained = untrained_like(sae, l0, seed=p.seed)
+                row = {"model": role, "layer": layer, "size": size, "l0": l0,
+                       **reward_signal_check(sae, xtr, utr, xte, u[split:], seed=p.seed, raw_r2=raw_r2, untrained=untrained),
+                       "token_r2": token_r2[role]}
+                if size == "large":
+                    ce = ce_loss_recovered(model, tok, held_texts, layer, sae, site=HOOKS[p.hook], max_length=64,
+                                           n_boot=n_boot, seed=p.seed)
+                    lo, hi = ce.pop("ce_loss_recovered_ci")
+                    row.update(ce, ce_ci_low=lo, ce_ci_high=hi, n_ce_docs=ce.pop("n_docs"))
+                rows.append(row)
+        pd.DataFrame(rows).to_csv(folder / "sae_checks.csv", index=False)
+        return {"rows": rows, "token_r2": token_r2, "ce_docs": ce_docs}
+    key = {"version": 1, "seed": p.sae_seeds[0], "ce_docs": ce_docs, "ridge": "unscaled", "ridge_rows": ridge_rows,
+           "n_boot": n_boot, "baselines": "untrained top-k (seed = run seed), token identity"}
+    return cached_stage(run, "sae_checks", key, compute, deps=(acts["base"], acts["rlhf"], *first.values()))
+
+
+def sae_checks_section(result: dict, params) -> str:
+    "The report's section on the reward signal of the features and CE loss recovered (markdown)."
+    from rewardsae.scores import to_markdown
+    df = pd.DataFrame(result["rows"])
+    if df.empty:
+        return ""
+    rng = lambda s: f"{s.min():.3f}–{s.max():.3f}" if s.min() != s.max() else f"{s.min():.3f}"
+    tok = ", ".join(f"{m} {v:.3f}" for m, v in result.get("token_r2", {}).items())
+    text = [f"\n## Reward signal and CE loss recovered, seed {params.sae_seeds[0]}, held-out reviews\n",
+            f"Ridge R² to the token's VADER word utility, held out: the trained dictionaries' features reach "
+            f"{rng(df.feature_r2)}, untrained dictionaries of the same width and L0 {rng(df.untrained_r2)}, the raw "
+            f"activations {rng(df.raw_r2)}, and the one-hot of the current token alone {tok}: a feature R² near the "
+            "token's says the codes work as a token lookup, not that they hold more reward than the activations."]
+    ce = df.dropna(subset=["ce_loss_recovered"]) if "ce_loss_recovered" in df else df.iloc[:0]
+    if len(ce):
+        text.append(f" CE loss recovered (large dictionaries, {int(ce.n_ce_docs.max())} held-out reviews of 64 tokens): "
+                    + "; ".join(f"{r.model} L{int(r.layer)} {r.ce_loss_recovered:.3f} [{r.ce_ci_low:.3f}, {r.ce_ci_high:.3f}]"
+                                for r in ce.itertuples()) + ".\n")
+    text.append("\n`feature_r2` / `untrained_r2` / `raw_r2` / `token_r2`: ridge on the dictionary's codes / an untrained "
+                "dictionary's (random unit directions, top-k with the trained L0) / the raw site output / the current "
+                "token's one-hot. `ce_loss_recovered`: (CE_zero − CE_sae) / (CE_zero − CE_clean) with the "
+                "reconstruction spliced in, 95% bootstrap interval over reviews.\n")
+    cols = [c for c in ("model", "layer", "size", "l0", "feature_r2", "untrained_r2", "raw_r2", "token_r2",
+                        "ce_loss_recovered", "ce_ci_low", "ce_ci_high", "ce_clean", "ce_sae", "ce_zero") if c in df]
+    text.append(to_markdown(df[cols], ".3f") + "\n")
+    return "\n".join(text)
