@@ -22,7 +22,8 @@ from .models import arch, block_prefix, blocks, load_causal_lm
 
 # %% auto #0
 __all__ = ['check_same_architecture', 'layer_divergence', 'adam_momentum_factor', 'random_walk_floor', 'random_walk_copy',
-           'noise_test', 'output_divergence', 'select_layers', 'plot_divergence']
+           'noise_test', 'output_divergence', 'select_layers', 'plot_divergence', 'output_floor',
+           'output_floor_summary', 'stage_divergence', 'divergence_section']
 
 # %% ../nbs/05_divergence.ipynb #35a1c6fb
 def _as_model(m) -> nn.Module:
@@ -293,3 +294,111 @@ def plot_divergence(df: pd.DataFrame, selected: list[int] | None = None, path=No
     if path is not None:
         save_figure(fig, path)
     return fig
+
+# %% ../nbs/05_divergence.ipynb #e27789c9
+def output_floor(base, tokenizer, texts, lr: float, updates: int, seeds=(0, 1), max_length: int = 64) -> pd.DataFrame:
+    """Per block (`layer`), the `output_change` of a `random_walk_copy` of `base` (`lr`, `updates`) per seed (columns
+    `floor_<seed>`) and their mean, `output_floor`."""
+    base = _as_model(base)
+    if isinstance(seeds, int) or not len(seeds := [int(s) for s in seeds]):
+        raise ValueError("seeds must be a non-empty list of integers")
+    out = None
+    for s in seeds:
+        walked = random_walk_copy(base, lr, updates, seed=s)
+        o = output_divergence(base, walked, tokenizer, texts, max_length=max_length).rename(columns={"output_change": f"floor_{s}"})
+        out = o if out is None else out.merge(o, on="layer")
+        del walked
+    out["output_floor"] = out[[f"floor_{s}" for s in seeds]].mean(axis=1)
+    return out
+
+
+def output_floor_summary(df: pd.DataFrame, n: int = 3) -> dict:
+    """From a table with `layer`, `output_change` (the tuned model) and `output_floor`'s columns: `ratio_min`,
+    `ratio_median`, `ratio_max` (output change / floor), `floor_min`, `floor_max`, `shape_r` (Pearson r over blocks of
+    output change vs floor), `top` and `floor_top` (top-`n` blocks of each), `top_overlap` (how many they share) and,
+    with two or more seeds, `seed_top` (each walk's top-`n`) and `seed_top_overlap` (shared by all walks)."""
+    need = {"layer", "output_change", "output_floor"}
+    if not need <= set(df.columns):
+        raise ValueError(f"df needs the columns {sorted(need)}, got {sorted(df.columns)}")
+    if not (df.output_floor > 0).all():
+        raise ValueError("every output_floor must be positive")
+    top = lambda col: select_layers(df, n=min(n, len(df)), column=col)
+    ratio = df.output_change / df.output_floor
+    seeds = [c for c in df.columns if c.startswith("floor_")]
+    out = {"n": int(n), "ratio_min": float(ratio.min()), "ratio_median": float(ratio.median()), "ratio_max": float(ratio.max()),
+           "floor_min": float(df.output_floor.min()), "floor_max": float(df.output_floor.max()),
+           "shape_r": float(df.output_change.corr(df.output_floor)) if len(df) > 2 else float("nan"),
+           "top": top("output_change"), "floor_top": top("output_floor")}
+    out["top_overlap"] = len(set(out["top"]) & set(out["floor_top"]))
+    if len(seeds) > 1:
+        out["seed_top"] = {c[len("floor_"):]: top(c) for c in seeds}
+        out["seed_top_overlap"] = len(set.intersection(*(set(v) for v in out["seed_top"].values())))
+    return out
+
+# %% ../nbs/05_divergence.ipynb #1d38c877
+def stage_divergence(p, run, policy, output_docs: int = 32, floor_seeds=(0, 1)):
+    """Per-layer divergence: the paper's parameter measure (Fig. 3) with its Adam random-walk floor, the change of
+    each block's output on held-out reviews and, for a tuned model the run trained, that measure's floor
+    (`output_floor`, one random walk per seed of `floor_seeds`; empty: none) and `output_floor_summary`;
+    `layer_measure` picks which selects the layers."""
+    from rewardsae.pipeline import extra_reviews, load_model, model_paths, rl_updates, slug
+    from rewardsae.stages import cached_stage
+    if not isinstance(output_docs, int) or output_docs < 1:
+        raise ValueError(f"output_docs must be a positive integer, got {output_docs!r}")
+    floor_seeds = [int(s) for s in floor_seeds]
+    def compute(folder):
+        paths = model_paths(p, policy)
+        (base, tok), tuned = load_model(paths["base"]), load_model(paths["rlhf"])[0]
+        df = layer_divergence(base, tuned)
+        texts = extra_reviews(p, output_docs)
+        out = output_divergence(base, tuned, tok, texts, max_length=64)
+        df = df.merge(out[["layer", "output_change"]], on="layer")
+        rl = rl_updates(policy)
+        floor = random_walk_floor(base, *rl, beta1=0.9) if rl else None   # Adam's momentum lengthens a noise walk
+        if floor is not None:
+            df = df.merge(floor[["layer", "floor"]], on="layer")
+        out_floor = None
+        if rl and floor_seeds:
+            df = df.merge(output_floor(base, tok, texts, *rl, seeds=floor_seeds, max_length=64), on="layer")
+            out_floor = output_floor_summary(df, n=min(p.n_layers, len(df)))
+        column = "divergence" if p.layer_measure == "weights" else "output_change"
+        layers = select_layers(df, n=min(p.n_layers, len(df)), mode=p.layer_mode, column=column)
+        df.to_csv(folder / "divergence.csv", index=False)
+        plot_divergence(df, selected=layers if column == "divergence" else None, path=folder / "divergence",
+                        title=f"Parameter divergence, {slug(p.model)} ({p.reward} reward)", floor=floor)
+        plot_divergence(df.assign(divergence=df["output_change"]), selected=layers if column == "output_change" else None,
+                        path=folder / "output_change", ylabel="relative change of the block's output",
+                        floor=df["output_floor"] if out_floor else None,
+                        title=f"Block output change on {output_docs} held-out reviews, {slug(p.model)}")
+        noise = None
+        if floor is not None:
+            top = select_layers(df, n=min(p.n_layers, len(df)), mode="highest")
+            noise = noise_test(df, floor, top)
+            noise["verdict"] = (f"the top {len(top)} layers by parameter divergence {top} "
+                                + ("stand out from" if noise["distinguishable"] else "cannot be told from")
+                                + f" the Adam random-walk floor (divergence/floor {min(noise['ratio'].values()):.3f}–"
+                                f"{max(noise['ratio'].values()):.3f} over all layers; rule: {noise['rule']})")
+        cols = ["layer", "divergence", "output_change"] + (["floor"] if floor is not None else []) \
+            + ([c for c in df.columns if c.startswith("floor_")] + ["output_floor"] if out_floor else [])
+        return {"layers": df[cols].to_dict("records"), "selected_layers": layers, "noise": noise, "output_floor": out_floor}
+    key = {"version": 1, "n_layers": p.n_layers, "layer_mode": p.layer_mode, "layer_measure": p.layer_measure,
+           "output_docs": output_docs, "floor": "adam-random-walk", "output_floor_seeds": floor_seeds}
+    return cached_stage(run, "divergence", key, compute, deps=(policy,))
+
+
+def divergence_section(result: dict, params) -> str:
+    "The report's lines on the output measure's floor (markdown; empty without one)."
+    f = result.get("output_floor")
+    if not f:
+        return ""
+    seeds = f.get("seed_top")
+    return (f"\n## Layer divergence: the output measure's floor\n\nA random-walk copy of the base model (the RL run's lr "
+            f"and updates: weight divergence at the Adam floor on every block) changes the block outputs by "
+            f"{f['floor_min']:.4f}–{f['floor_max']:.4f}; the tuned model's output change is {f['ratio_min']:.1f}–"
+            f"{f['ratio_max']:.1f}× that floor (median {f['ratio_median']:.1f}×), but its shape over blocks follows the "
+            f"random walk's (Pearson r {f['shape_r']:.2f}). Top {f['n']} by output change {f['top']}, by the floor "
+            f"{f['floor_top']} ({f['top_overlap']} shared)"
+            + (f"; two random walks' top {f['n']}: " + ", ".join(f"{v}" for v in seeds.values())
+               + f" ({f['seed_top_overlap']} shared by all)" if seeds else "")
+            + ". A high r and a top-n that moves between walks say the ranking is partly each block's sensitivity "
+            "to any small change, not what RL put there.\n")
