@@ -206,19 +206,20 @@ def test_sign_only_and_difference_in_means_baselines():
         fit_probe(X, sign, words, valence, method="lasso")
 
 
-def test_compare_probes_puts_a_trained_probe_beside_its_baselines(monkeypatch):
+def test_compare_probes_puts_a_trained_probe_beside_its_baselines():
     import rewardsae.probe_baselines as pb
     words, valence, _, g = _repeated_words()
     n = len(words) // 2
     contrast = pd.DataFrame({"word": words[:n], "neg_word": words[n:]})
-    monkeypatch.setattr(pb, "word_valences", lambda c: (words, valence))
+    lexicon = dict(zip(words, valence))
     mag = valence[:, None]                      # signed
     noise = lambda: g.normal(size=(n, 4))
     # "trained" features move by the word's valence along one axis: the probe can read the magnitude; "untrained" holds noise
     planted = {"pos": noise() + np.c_[mag[:n], np.zeros((n, 3))] * 3, "neg": noise() + np.c_[mag[n:], np.zeros((n, 3))] * 3}
     planted["neu"] = np.zeros((n, 4))
     rand = {"pos": noise(), "neg": noise(), "neu": noise()}
-    df = pb.compare_probes({"trained": planted, "untrained": rand}, contrast, seed=0, n_boot=100, diff_means_on=("trained",))
+    df = pb.compare_probes({"trained": planted, "untrained": rand}, contrast, seed=0, n_boot=100, diff_means_on=("trained",),
+                           table=lexicon)
     assert set(zip(df.features, df.probe, df.split)) == {(f, m, s) for s in ("word", "row") for f, m in
         (("trained", "ridge"), ("trained", "diff_means"), ("untrained", "ridge"), ("-", "sign_only"))}
     w = df[df.split == "word"].set_index(["features", "probe"])
