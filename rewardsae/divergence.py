@@ -392,13 +392,15 @@ def divergence_section(result: dict, params) -> str:
     if not f:
         return ""
     seeds = f.get("seed_top")
+    follows = f["shape_r"] >= 0.5
     return (f"\n## Layer divergence: the output measure's floor\n\nA random-walk copy of the base model (the RL run's lr "
             f"and updates: weight divergence at the Adam floor on every block) changes the block outputs by "
             f"{f['floor_min']:.4f}–{f['floor_max']:.4f}; the tuned model's output change is {f['ratio_min']:.1f}–"
-            f"{f['ratio_max']:.1f}× that floor (median {f['ratio_median']:.1f}×), but its shape over blocks follows the "
-            f"random walk's (Pearson r {f['shape_r']:.2f}). Top {f['n']} by output change {f['top']}, by the floor "
-            f"{f['floor_top']} ({f['top_overlap']} shared)"
+            f"{f['ratio_max']:.1f}× that floor (median {f['ratio_median']:.1f}×)"
+            + (", but its shape over blocks follows the random walk's" if follows else
+               "; its shape over blocks does not follow the random walk's") + f" (Pearson r {f['shape_r']:.2f}). "
+            f"Top {f['n']} by output change {f['top']}, by the floor {f['floor_top']} ({f['top_overlap']} shared)"
             + (f"; two random walks' top {f['n']}: " + ", ".join(f"{v}" for v in seeds.values())
-               + f" ({f['seed_top_overlap']} shared by all)" if seeds else "")
-            + ". A high r and a top-n that moves between walks say the ranking is partly each block's sensitivity "
-            "to any small change, not what RL put there.\n")
+               + f" ({f['seed_top_overlap']} shared by all)" if seeds else "") + "."
+            + (" A high r says the ranking is partly each block's sensitivity to any small change, not what RL put "
+               "there." if follows else "") + "\n")

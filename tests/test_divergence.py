@@ -356,3 +356,16 @@ def test_output_floor_is_the_random_walks_output_change_and_the_summary_by_hand(
     assert s["seed_top"] == {"0": [3, 2], "1": [1, 2]} and s["seed_top_overlap"] == 1
     with pytest.raises(ValueError, match="output_floor"):
         output_floor_summary(df.drop(columns="output_floor"))
+
+
+def test_divergence_section_says_whether_the_shape_follows_the_floor():
+    from types import SimpleNamespace
+    from rewardsae.divergence import divergence_section
+    f = {"n": 3, "ratio_min": 2.7, "ratio_median": 5.3, "ratio_max": 8.3, "floor_min": 0.0009, "floor_max": 0.0045,
+         "shape_r": 0.86, "top": [16, 17, 14], "floor_top": [3, 5, 12], "top_overlap": 0,
+         "seed_top": {"0": [3, 5, 6], "1": [3, 5, 12]}, "seed_top_overlap": 2}
+    high = divergence_section({"output_floor": f}, SimpleNamespace())
+    low = divergence_section({"output_floor": {**f, "shape_r": 0.1}}, SimpleNamespace())
+    assert "0.0009–0.0045" in high and "2.7–8.3× that floor (median 5.3×)" in high and "follows the random walk's (Pearson r 0.86)" in high
+    assert "does not follow" in low and "sensitivity" not in low and "(2 shared by all)" in low
+    assert divergence_section({"output_floor": None}, SimpleNamespace()) == ""
