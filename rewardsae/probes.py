@@ -223,8 +223,9 @@ def fit_probe(X, y, words: Sequence[str], valence: Sequence[float], seed: int = 
         rand.append(_word_tau(to_vader_range(X[te] @ w), words[te], valence[te])[0])
     rand = np.asarray(rand)
     signs = np.sign(table.valence.to_numpy())             # right sign, random magnitude: what the polarity alone scores
-    sign_only = float(np.nanmean([stats.kendalltau(signs * rng.random(len(signs)), table.valence).statistic
-                                  for _ in range(max(n_random, 1))])) if len(table) > 1 else float("nan")
+    srng = np.random.default_rng(seed + 2)                 # its own draws: the same value for every probe of a split
+    sign_only = float(np.nanmean([stats.kendalltau(signs * srng.random(len(signs)), table.valence).statistic
+                                  for _ in range(1000)])) if len(table) > 1 else float("nan")
     scores = {"tau": tau, "tau_ci": [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))] if boots else None,
               "tau_neg": tau_neg, "sign_acc_pos": float((table.probe[~neg] > 0).mean()) if (~neg).any() else float("nan"),
               "sign_acc_neg": float((table.probe[neg] < 0).mean()) if neg.any() else float("nan"),
