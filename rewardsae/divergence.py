@@ -23,7 +23,7 @@ from .models import arch, block_prefix, blocks, load_causal_lm
 # %% auto #0
 __all__ = ['check_same_architecture', 'layer_divergence', 'adam_momentum_factor', 'random_walk_floor', 'random_walk_copy',
            'noise_test', 'output_divergence', 'select_layers', 'plot_divergence', 'output_floor',
-           'output_floor_summary', 'stage_divergence', 'divergence_section']
+           'output_floor_summary', 'stage_output_floor', 'divergence_section']
 
 # %% ../nbs/05_divergence.ipynb #35a1c6fb
 def _as_model(m) -> nn.Module:
@@ -336,59 +336,37 @@ def output_floor_summary(df: pd.DataFrame, n: int = 3) -> dict:
     return out
 
 # %% ../nbs/05_divergence.ipynb #1d38c877
-def stage_divergence(p, run, policy, output_docs: int = 32, floor_seeds=(0, 1)):
-    """Per-layer divergence: the paper's parameter measure (Fig. 3) with its Adam random-walk floor, the change of
-    each block's output on held-out reviews and, for a tuned model the run trained, that measure's floor
-    (`output_floor`, one random walk per seed of `floor_seeds`; empty: none) and `output_floor_summary`;
-    `layer_measure` picks which selects the layers."""
+def stage_output_floor(p, run, policy, divergence, output_docs: int = 32, seeds=(0, 1)):
+    """The output measure's floor, a stage of its own after `divergence` (nothing downstream depends on it, so adding
+    it recomputes nothing else): `output_floor` of random-walk copies of the base model with the RL run's lr and
+    updates (one per seed), on the `output_docs` held-out reviews the `divergence` stage used, merged with its
+    `output_change`. Result: `{"layers": [...], "summary": output_floor_summary}`, or `{"layers": [], "summary":
+    None}` for a tuned model the run did not train (no lr and updates to copy)."""
     from rewardsae.pipeline import extra_reviews, load_model, model_paths, rl_updates, slug
     from rewardsae.stages import cached_stage
     if not isinstance(output_docs, int) or output_docs < 1:
         raise ValueError(f"output_docs must be a positive integer, got {output_docs!r}")
-    floor_seeds = [int(s) for s in floor_seeds]
+    if isinstance(seeds, int) or not len(seeds := [int(s) for s in seeds]):
+        raise ValueError("seeds must be a non-empty list of integers")
     def compute(folder):
-        paths = model_paths(p, policy)
-        (base, tok), tuned = load_model(paths["base"]), load_model(paths["rlhf"])[0]
-        df = layer_divergence(base, tuned)
-        texts = extra_reviews(p, output_docs)
-        out = output_divergence(base, tuned, tok, texts, max_length=64)
-        df = df.merge(out[["layer", "output_change"]], on="layer")
         rl = rl_updates(policy)
-        floor = random_walk_floor(base, *rl, beta1=0.9) if rl else None   # Adam's momentum lengthens a noise walk
-        if floor is not None:
-            df = df.merge(floor[["layer", "floor"]], on="layer")
-        out_floor = None
-        if rl and floor_seeds:
-            df = df.merge(output_floor(base, tok, texts, *rl, seeds=floor_seeds, max_length=64), on="layer")
-            out_floor = output_floor_summary(df, n=min(p.n_layers, len(df)))
-        column = "divergence" if p.layer_measure == "weights" else "output_change"
-        layers = select_layers(df, n=min(p.n_layers, len(df)), mode=p.layer_mode, column=column)
-        df.to_csv(folder / "divergence.csv", index=False)
-        plot_divergence(df, selected=layers if column == "divergence" else None, path=folder / "divergence",
-                        title=f"Parameter divergence, {slug(p.model)} ({p.reward} reward)", floor=floor)
-        plot_divergence(df.assign(divergence=df["output_change"]), selected=layers if column == "output_change" else None,
-                        path=folder / "output_change", ylabel="relative change of the block's output",
-                        floor=df["output_floor"] if out_floor else None,
-                        title=f"Block output change on {output_docs} held-out reviews, {slug(p.model)}")
-        noise = None
-        if floor is not None:
-            top = select_layers(df, n=min(p.n_layers, len(df)), mode="highest")
-            noise = noise_test(df, floor, top)
-            noise["verdict"] = (f"the top {len(top)} layers by parameter divergence {top} "
-                                + ("stand out from" if noise["distinguishable"] else "cannot be told from")
-                                + f" the Adam random-walk floor (divergence/floor {min(noise['ratio'].values()):.3f}–"
-                                f"{max(noise['ratio'].values()):.3f} over all layers; rule: {noise['rule']})")
-        cols = ["layer", "divergence", "output_change"] + (["floor"] if floor is not None else []) \
-            + ([c for c in df.columns if c.startswith("floor_")] + ["output_floor"] if out_floor else [])
-        return {"layers": df[cols].to_dict("records"), "selected_layers": layers, "noise": noise, "output_floor": out_floor}
-    key = {"version": 1, "n_layers": p.n_layers, "layer_mode": p.layer_mode, "layer_measure": p.layer_measure,
-           "output_docs": output_docs, "floor": "adam-random-walk", "output_floor_seeds": floor_seeds}
-    return cached_stage(run, "divergence", key, compute, deps=(policy,))
+        if not rl:
+            return {"layers": [], "summary": None}
+        base, tok = load_model(model_paths(p, policy)["base"])
+        fl = output_floor(base, tok, extra_reviews(p, output_docs), *rl, seeds=seeds, max_length=64)
+        df = pd.DataFrame(divergence.result["layers"])[["layer", "output_change"]].merge(fl, on="layer")
+        df.to_csv(folder / "output_floor.csv", index=False)
+        plot_divergence(df.assign(divergence=df["output_change"]), path=folder / "output_floor", floor=df["output_floor"],
+                        ylabel="relative change of the block's output",
+                        title=f"Block output change vs random-walk floor, {slug(p.model)}")
+        return {"layers": df.to_dict("records"), "summary": output_floor_summary(df, n=min(p.n_layers, len(df)))}
+    key = {"version": 1, "output_docs": output_docs, "seeds": seeds, "n_layers": p.n_layers, "walk": "random_walk_copy ±lr"}
+    return cached_stage(run, "output_floor", key, compute, deps=(policy, divergence))
 
 
 def divergence_section(result: dict, params) -> str:
-    "The report's lines on the output measure's floor (markdown; empty without one)."
-    f = result.get("output_floor")
+    "The report's section on the output measure's floor (`stage_output_floor`'s result; markdown, empty without one)."
+    f = result.get("summary")
     if not f:
         return ""
     seeds = f.get("seed_top")

@@ -364,8 +364,8 @@ def test_divergence_section_says_whether_the_shape_follows_the_floor():
     f = {"n": 3, "ratio_min": 2.7, "ratio_median": 5.3, "ratio_max": 8.3, "floor_min": 0.0009, "floor_max": 0.0045,
          "shape_r": 0.86, "top": [16, 17, 14], "floor_top": [3, 5, 12], "top_overlap": 0,
          "seed_top": {"0": [3, 5, 6], "1": [3, 5, 12]}, "seed_top_overlap": 2}
-    high = divergence_section({"output_floor": f}, SimpleNamespace())
-    low = divergence_section({"output_floor": {**f, "shape_r": 0.1}}, SimpleNamespace())
+    high = divergence_section({"summary": f}, SimpleNamespace())
+    low = divergence_section({"summary": {**f, "shape_r": 0.1}}, SimpleNamespace())
     assert "0.0009–0.0045" in high and "2.7–8.3× that floor (median 5.3×)" in high and "follows the random walk's (Pearson r 0.86)" in high
     assert "does not follow" in low and "sensitivity" not in low and "(2 shared by all)" in low
-    assert divergence_section({"output_floor": None}, SimpleNamespace()) == ""
+    assert divergence_section({"summary": None}, SimpleNamespace()) == ""
