@@ -22,7 +22,8 @@ from .models import arch, block_prefix, blocks, load_causal_lm
 
 # %% auto #0
 __all__ = ['check_same_architecture', 'layer_divergence', 'adam_momentum_factor', 'random_walk_floor', 'random_walk_copy',
-           'noise_test', 'output_divergence', 'select_layers', 'plot_divergence']
+           'noise_test', 'output_divergence', 'select_layers', 'plot_divergence', 'output_floor',
+           'output_floor_summary', 'stage_output_floor', 'divergence_section']
 
 # %% ../nbs/05_divergence.ipynb #35a1c6fb
 def _as_model(m) -> nn.Module:
@@ -293,3 +294,91 @@ def plot_divergence(df: pd.DataFrame, selected: list[int] | None = None, path=No
     if path is not None:
         save_figure(fig, path)
     return fig
+
+# %% ../nbs/05_divergence.ipynb #e27789c9
+def output_floor(base, tokenizer, texts, lr: float, updates: int, seeds=(0, 1), max_length: int = 64) -> pd.DataFrame:
+    """Per block (`layer`), the `output_change` of a `random_walk_copy` of `base` (`lr`, `updates`) per seed (columns
+    `floor_<seed>`) and their mean, `output_floor`."""
+    base = _as_model(base)
+    if isinstance(seeds, int) or not len(seeds := [int(s) for s in seeds]):
+        raise ValueError("seeds must be a non-empty list of integers")
+    out = None
+    for s in seeds:
+        walked = random_walk_copy(base, lr, updates, seed=s)
+        o = output_divergence(base, walked, tokenizer, texts, max_length=max_length).rename(columns={"output_change": f"floor_{s}"})
+        out = o if out is None else out.merge(o, on="layer")
+        del walked
+    out["output_floor"] = out[[f"floor_{s}" for s in seeds]].mean(axis=1)
+    return out
+
+
+def output_floor_summary(df: pd.DataFrame, n: int = 3) -> dict:
+    """From a table with `layer`, `output_change` (the tuned model) and `output_floor`'s columns: `ratio_min`,
+    `ratio_median`, `ratio_max` (output change / floor), `floor_min`, `floor_max`, `shape_r` (Pearson r over blocks of
+    output change vs floor), `top` and `floor_top` (top-`n` blocks of each), `top_overlap` (how many they share) and,
+    with two or more seeds, `seed_top` (each walk's top-`n`) and `seed_top_overlap` (shared by all walks)."""
+    need = {"layer", "output_change", "output_floor"}
+    if not need <= set(df.columns):
+        raise ValueError(f"df needs the columns {sorted(need)}, got {sorted(df.columns)}")
+    if not (df.output_floor > 0).all():
+        raise ValueError("every output_floor must be positive")
+    top = lambda col: select_layers(df, n=min(n, len(df)), column=col)
+    ratio = df.output_change / df.output_floor
+    seeds = [c for c in df.columns if c.startswith("floor_")]
+    out = {"n": int(n), "ratio_min": float(ratio.min()), "ratio_median": float(ratio.median()), "ratio_max": float(ratio.max()),
+           "floor_min": float(df.output_floor.min()), "floor_max": float(df.output_floor.max()),
+           "shape_r": float(df.output_change.corr(df.output_floor)) if len(df) > 2 else float("nan"),
+           "top": top("output_change"), "floor_top": top("output_floor")}
+    out["top_overlap"] = len(set(out["top"]) & set(out["floor_top"]))
+    if len(seeds) > 1:
+        out["seed_top"] = {c[len("floor_"):]: top(c) for c in seeds}
+        out["seed_top_overlap"] = len(set.intersection(*(set(v) for v in out["seed_top"].values())))
+    return out
+
+# %% ../nbs/05_divergence.ipynb #1d38c877
+def stage_output_floor(p, run, policy, divergence, output_docs: int = 32, seeds=(0, 1)):
+    """The output measure's floor, a stage of its own after `divergence` (nothing downstream depends on it, so adding
+    it recomputes nothing else): `output_floor` of random-walk copies of the base model with the RL run's lr and
+    updates (one per seed), on the `output_docs` held-out reviews the `divergence` stage used, merged with its
+    `output_change`. Result: `{"layers": [...], "summary": output_floor_summary}`, or `{"layers": [], "summary":
+    None}` for a tuned model the run did not train (no lr and updates to copy)."""
+    from rewardsae.pipeline import extra_reviews, load_model, model_paths, rl_updates, slug
+    from rewardsae.stages import cached_stage
+    if not isinstance(output_docs, int) or output_docs < 1:
+        raise ValueError(f"output_docs must be a positive integer, got {output_docs!r}")
+    if isinstance(seeds, int) or not len(seeds := [int(s) for s in seeds]):
+        raise ValueError("seeds must be a non-empty list of integers")
+    def compute(folder):
+        rl = rl_updates(policy)
+        if not rl:
+            return {"layers": [], "summary": None}
+        base, tok = load_model(model_paths(p, policy)["base"])
+        fl = output_floor(base, tok, extra_reviews(p, output_docs), *rl, seeds=seeds, max_length=64)
+        df = pd.DataFrame(divergence.result["layers"])[["layer", "output_change"]].merge(fl, on="layer")
+        df.to_csv(folder / "output_floor.csv", index=False)
+        plot_divergence(df.assign(divergence=df["output_change"]), path=folder / "output_floor", floor=df["output_floor"],
+                        ylabel="relative change of the block's output",
+                        title=f"Block output change vs random-walk floor, {slug(p.model)}")
+        return {"layers": df.to_dict("records"), "summary": output_floor_summary(df, n=min(p.n_layers, len(df)))}
+    key = {"version": 1, "output_docs": output_docs, "seeds": seeds, "n_layers": p.n_layers, "walk": "random_walk_copy ±lr"}
+    return cached_stage(run, "output_floor", key, compute, deps=(policy, divergence))
+
+
+def divergence_section(result: dict, params) -> str:
+    "The report's section on the output measure's floor (`stage_output_floor`'s result; markdown, empty without one)."
+    f = result.get("summary")
+    if not f:
+        return ""
+    seeds = f.get("seed_top")
+    follows = f["shape_r"] >= 0.5
+    return (f"\n## Layer divergence: the output measure's floor\n\nA random-walk copy of the base model (the RL run's lr "
+            f"and updates: weight divergence at the Adam floor on every block) changes the block outputs by "
+            f"{f['floor_min']:.4f}–{f['floor_max']:.4f}; the tuned model's output change is {f['ratio_min']:.1f}–"
+            f"{f['ratio_max']:.1f}× that floor (median {f['ratio_median']:.1f}×)"
+            + (", but its shape over blocks follows the random walk's" if follows else
+               "; its shape over blocks does not follow the random walk's") + f" (Pearson r {f['shape_r']:.2f}). "
+            f"Top {f['n']} by output change {f['top']}, by the floor {f['floor_top']} ({f['top_overlap']} shared)"
+            + (f"; two random walks' top {f['n']}: " + ", ".join(f"{v}" for v in seeds.values())
+               + f" ({f['seed_top_overlap']} shared by all)" if seeds else "") + "."
+            + (" A high r says the ranking is partly each block's sensitivity to any small change, not what RL put "
+               "there." if follows else "") + "\n")

@@ -335,3 +335,37 @@ def test_plot_with_floor(tmp_path):
     assert plot_divergence(df, ylabel="output change").axes[0].get_ylabel() == "output change"
     with pytest.raises(ValueError, match="2 values"):
         plot_divergence(df, floor=[1.0, 2.0])
+
+
+def test_output_floor_is_the_random_walks_output_change_and_the_summary_by_hand(tiny):
+    from rewardsae.divergence import output_floor, output_floor_summary
+    model, tok = tiny
+    lr, T = 1e-3, 10
+    fl = output_floor(model, tok, TEXTS, lr, T, seeds=(0, 1))
+    walk0 = output_divergence(model, random_walk_copy(model, lr, T, seed=0), tok, TEXTS)
+    assert fl.floor_0.tolist() == pytest.approx(walk0.output_change.tolist(), rel=1e-6)
+    assert fl.output_floor.tolist() == pytest.approx(((fl.floor_0 + fl.floor_1) / 2).tolist())
+    assert (fl.floor_0 != fl.floor_1).any()                      # two seeds, two walks
+    # by hand: output change 2x the floor except block 3 (6x); floor shape [1, 2, 3, 4] -> r of [2, 4, 6, 24] vs it
+    df = pd.DataFrame({"layer": [0, 1, 2, 3], "output_change": [2.0, 4.0, 6.0, 24.0], "output_floor": [1.0, 2.0, 3.0, 4.0],
+                       "floor_0": [1.0, 2.0, 3.0, 4.0], "floor_1": [1.0, 5.0, 3.0, 0.5]})
+    s = output_floor_summary(df, n=2)
+    assert (s["ratio_min"], s["ratio_median"], s["ratio_max"]) == (2.0, 2.0, 6.0)
+    assert s["shape_r"] == pytest.approx(pd.Series([2, 4, 6, 24.0]).corr(pd.Series([1, 2, 3, 4.0])))
+    assert s["top"] == [3, 2] and s["floor_top"] == [3, 2] and s["top_overlap"] == 2
+    assert s["seed_top"] == {"0": [3, 2], "1": [1, 2]} and s["seed_top_overlap"] == 1
+    with pytest.raises(ValueError, match="output_floor"):
+        output_floor_summary(df.drop(columns="output_floor"))
+
+
+def test_divergence_section_says_whether_the_shape_follows_the_floor():
+    from types import SimpleNamespace
+    from rewardsae.divergence import divergence_section
+    f = {"n": 3, "ratio_min": 2.7, "ratio_median": 5.3, "ratio_max": 8.3, "floor_min": 0.0009, "floor_max": 0.0045,
+         "shape_r": 0.86, "top": [16, 17, 14], "floor_top": [3, 5, 12], "top_overlap": 0,
+         "seed_top": {"0": [3, 5, 6], "1": [3, 5, 12]}, "seed_top_overlap": 2}
+    high = divergence_section({"summary": f}, SimpleNamespace())
+    low = divergence_section({"summary": {**f, "shape_r": 0.1}}, SimpleNamespace())
+    assert "0.0009–0.0045" in high and "2.7–8.3× that floor (median 5.3×)" in high and "follows the random walk's (Pearson r 0.86)" in high
+    assert "does not follow" in low and "sensitivity" not in low and "(2 shared by all)" in low
+    assert divergence_section({"summary": None}, SimpleNamespace()) == ""

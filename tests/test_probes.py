@@ -52,7 +52,7 @@ def test_probe_recovers_a_planted_linear_target_and_beats_random():
     words = np.array([f"w{i}" for i in range(500)])
     s, table = fit_probe(X, y, words, y, seed=0)
     assert s["tau"] > 0.95 and s["tau_ci"][0] > 0.9 and s["sign_acc_pos"] > 0.9 and s["sign_acc_neg"] > 0.9
-    assert s["random_tau_ci"][0] < 0.2 and abs(s["random_tau_mean"]) < 0.15 and s["n_test"] == 100
+    assert s["random_tau_ci"][0] < 0.2 and abs(s["random_tau_mean"]) < 0.15 and 95 <= s["n_test"] <= 105
     noise, _ = fit_probe(X, g.normal(size=500), words, y, seed=0)
     assert abs(noise["tau"]) < 0.2                # a target unrelated to the valences: no rank agreement
     with pytest.raises(ValueError, match="too few to score"):
@@ -164,3 +164,91 @@ def test_random_latents_match_the_flagged_counts_and_firing_frequency():
     assert len(r[1]) == 2 and set(r[1]) <= {3, 4, 8, 9} and r[4] in ([0], [1])     # never dead (2) nor rare (5-7)
     with pytest.raises(ValueError, match="layer 4: 3 flagged latents but only 0"):
         random_latents({4: [0, 1, 2]}, freq, seed=0)
+
+
+def _repeated_words(n=600, n_words=60, seed=0):
+    "Rows of 60 words (30 positive, 30 negative) each used many times, with a sentence id per row (pairs of rows)."
+    g = np.random.default_rng(seed)
+    vals = np.r_[1 + 3 * g.random(30), -1 - 3 * g.random(30)]
+    w = np.r_[g.integers(0, 30, n // 2), g.integers(30, 60, n // 2)]
+    return np.array([f"w{i}" for i in w]), vals[w], np.r_[np.arange(n // 2), np.arange(n // 2)], g
+
+
+def test_word_split_shares_no_word_and_no_sentence_with_training():
+    from rewardsae.probes import split_rows
+    words, valence, groups, g = _repeated_words()
+    tr, te = split_rows(words, valence, seed=0, split="word", groups=groups)
+    assert not set(words[tr]) & set(words[te]) and not set(groups[tr]) & set(groups[te])
+    assert len(set(words[te])) == 12 and (valence[te] > 0).any() and (valence[te] < 0).any()   # 20% of each sign's words
+    rtr, rte = split_rows(words, valence, seed=0, split="row")
+    assert len(set(words[rtr]) & set(words[rte])) > 30              # the first version's split: most test words seen
+    X = g.normal(size=(len(words), 5))
+    s, table = fit_probe(X, valence + 0.1 * X[:, 0], words, valence, seed=0, groups=groups, n_boot=50, n_random=10)
+    assert s["split"] == "word" and s["test_words_in_train"] == 0 and s["n_words"] == 12
+    assert not set(words[table.attrs["train"]]) & set(words[table.attrs["test"]])
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_rows(words, valence, split="sentence")
+
+
+def test_sign_only_and_difference_in_means_baselines():
+    words, valence, groups, g = _repeated_words(n=1200)
+    sign = np.sign(valence)
+    X = np.c_[sign, g.normal(size=(len(words), 4))]          # the features hold the polarity and nothing else
+    s, _ = fit_probe(X, sign, words, valence, seed=0, n_boot=50, n_random=50)
+    # a probe that knows only the sign: 6 positive and 6 negative test words, all 36 cross pairs concordant, the 30
+    # within-sign pairs random: expected tau = 36 / 66
+    assert s["sign_only_tau"] == pytest.approx(36 / 66, abs=0.06)
+    assert abs(s["tau"] - s["sign_only_tau"]) < 0.15 and s["sign_acc_pos"] == s["sign_acc_neg"] == 1.0
+    d, t = fit_probe(X, sign, words, valence, seed=0, method="diff_means", n_boot=50, n_random=10)
+    assert t.attrs["coef"][0] == pytest.approx(2.0, abs=0.01) and np.abs(t.attrs["coef"][1:]).max() < 0.4
+    assert d["sign_acc_pos"] == d["sign_acc_neg"] == 1.0
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_probe(X, sign, words, valence, method="lasso")
+
+
+def test_compare_probes_puts_a_trained_probe_beside_its_baselines():
+    import rewardsae.probe_baselines as pb
+    words, valence, _, g = _repeated_words()
+    n = len(words) // 2
+    contrast = pd.DataFrame({"word": words[:n], "neg_word": words[n:]})
+    lexicon = dict(zip(words, valence))
+    mag = valence[:, None]                      # signed
+    noise = lambda: g.normal(size=(n, 4))
+    # "trained" features move by the word's valence along one axis: the probe can read the magnitude; "untrained" holds noise
+    planted = {"pos": noise() + np.c_[mag[:n], np.zeros((n, 3))] * 3, "neg": noise() + np.c_[mag[n:], np.zeros((n, 3))] * 3}
+    planted["neu"] = np.zeros((n, 4))
+    rand = {"pos": noise(), "neg": noise(), "neu": noise()}
+    df = pb.compare_probes({"trained": planted, "untrained": rand}, contrast, seed=0, n_boot=100, diff_means_on=("trained",),
+                           table=lexicon)
+    assert set(zip(df.features, df.probe, df.split)) == {(f, m, s) for s in ("word", "row") for f, m in
+        (("trained", "ridge"), ("trained", "diff_means"), ("untrained", "ridge"), ("-", "sign_only"))}
+    w = df[df.split == "word"].set_index(["features", "probe"])
+    assert (df[df.split == "word"].test_words_in_train == 0).all() and (df[df.split == "row"].test_words_in_train > 0).all()
+    assert w.loc[("trained", "ridge"), "tau"] > 0.8 > w.loc[("-", "sign_only"), "tau"]
+    assert w.loc[("trained", "ridge"), "tau_lo"] > w.loc[("untrained", "ridge"), "tau"]
+    assert w.loc[("trained", "ridge"), "n_words"] == w.loc[("untrained", "ridge"), "n_words"] == 12   # the same test words
+
+
+def test_probes_section_says_when_the_trained_probe_does_not_beat_its_baselines():
+    from types import SimpleNamespace
+    from rewardsae.probe_baselines import probes_section
+    def result(trained_tau):
+        rows = [{"model": m, "features": f, "probe": p, "split": "word", "tau": t, "tau_lo": t - 0.05, "tau_hi": t + 0.05,
+                 "n_words": 20, "n_test": 40, "test_words_in_train": 0}
+                for m in ("base", "rlhf") for f, p, t in (("trained", "ridge", trained_tau), ("untrained", "ridge", 0.46),
+                                                          ("raw", "ridge", 0.49), ("-", "sign_only", 0.49))]
+        return {"seed": 0, "n_triples": 100, "comparison": rows, "base": {}, "rlhf": {}}
+    low = probes_section(result(0.50), SimpleNamespace(explainer="tokens"))
+    high = probes_section(result(0.80), SimpleNamespace(explainer="tokens"))
+    assert "does not stand above" in low and "lies above every baseline" in high
+    assert "0.500 [0.450, 0.550] (base)" in low and "nan" not in low + high
+
+
+def test_reward_related_ignores_function_words_and_minor_tokens():
+    from rewardsae.probes import reward_related
+    # the audit's case (issue 29): "kind" is VADER +2.4 but here the hedge "kind of" / "sort of"
+    assert not reward_related('Fires on "kind" (mean 9.7, 52% of activation), "sort" (mean 9.0, 32%), "a" (mean 0.1, 2%).')
+    assert not reward_related('Fires on "must" (mean 4.0, 50% of activation), "the" (mean 3.0, 30%), "honestly" (mean 1.0, 3%).')
+    assert not reward_related('Fires on "li" (mean 4.0, 40% of activation), "le" (mean 3.0, 30%), "l" (mean 3.0, 25%).')
+    assert reward_related('Fires on "great" (mean 6.0, 30% of activation), "good" (mean 5.0, 20%), "the" (mean 1.0, 5%).')
+    assert not reward_related('Fires on "the" (mean 6.0, 30% of activation), "a" (mean 5.0, 20%), "great" (mean 1.0, 5%).')

@@ -5,7 +5,8 @@ import torch
 
 from rewardsae.models import load_causal_lm
 from rewardsae.sae import SparseAutoencoder
-from rewardsae.sae_eval import ce_loss_recovered, heldout_metrics, pca_baseline_fvu, reward_signal_check, reward_signal_r2
+from rewardsae.sae_eval import (UntrainedDictionary, ce_loss_recovered, heldout_metrics, pca_baseline_fvu, reward_signal_check,
+                                reward_signal_r2, token_identity_r2, untrained_like)
 
 
 class Axes:
@@ -74,7 +75,7 @@ def test_reward_signal_planted_and_noise():
     x = np.abs(g.normal(size=(5000, 6))).astype(np.float32)
     u = 3.0 * x[:, 4]                                                   # utility is one coordinate
     r = reward_signal_check(Axes(6), x[:4000], u[:4000], x[4000:], u[4000:])
-    assert r["raw_r2"] > 0.999 and r["feature_r2"] > 0.999 and r["kept"] == pytest.approx(1.0, abs=1e-3)
+    assert r["raw_r2"] > 0.999 and r["feature_r2"] > 0.999 and "kept" not in r     # a ratio of R²s is not a share of anything
     noise = g.normal(size=5000)
     assert reward_signal_r2(x[:4000], noise[:4000], x[4000:], noise[4000:]) < 0.05
 
@@ -91,3 +92,64 @@ def test_ridge_equals_sklearn(density):
         w, b = _ridge(X, y)(a)
         ref = Ridge(alpha=a).fit(X, y)
         assert np.allclose(w, ref.coef_, atol=1e-8) and b == pytest.approx(ref.intercept_, abs=1e-8)
+
+
+def test_ce_loss_recovered_has_a_bootstrap_interval_over_reviews():
+    from rewardsae.sae_eval import _ratio_ci
+    # reviews whose own ratios are 0.5 and 0: together 0.25; resampling gives 0.5, 0.25 or 0 -> interval [0, 0.5]
+    assert _ratio_ci([2.0, 2.0], [1.0, 2.0], [0.0, 0.0]) == [0.0, 0.5]
+    assert _ratio_ci([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]) == [0.5, 0.5]      # every review the same
+    model, tok = load_causal_lm("tiny-neox")
+    texts = ["A great film with a bad ending.", "Terrible.", "I loved every minute of this wonderful movie.", "Dull, dull."]
+    d = model.config.hidden_size
+    perfect = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 1.0), max_length=16, batch_size=3)
+    assert perfect["n_docs"] == 4 and perfect["ce_loss_recovered_ci"] == pytest.approx([1.0, 1.0])
+    half = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 0.5), max_length=16, batch_size=3)
+    lo, hi = half["ce_loss_recovered_ci"]
+    assert lo <= half["ce_loss_recovered"] <= hi and lo < hi
+    # the token-weighted mean over reviews is the same whatever the batching
+    one = ce_loss_recovered(model, tok, texts, layer=2, sae=Scale(d, 0.5), max_length=16, batch_size=1)
+    assert one["ce_loss_recovered"] == pytest.approx(half["ce_loss_recovered"], abs=1e-5)
+
+
+def test_token_identity_ridge_equals_sklearn_and_reads_a_token_lookup():
+    from sklearn.linear_model import Ridge
+    from rewardsae.sae_eval import _onehot_ridge
+    g = np.random.default_rng(0)
+    t = g.integers(0, 25, size=600)
+    y = g.normal(size=25)[t] + 0.3 * g.normal(size=600) + 4.0
+    for a in (1e-3, 1.0, 50.0):
+        w, b = _onehot_ridge(t, y, 25)(a)
+        ref = Ridge(alpha=a).fit(np.eye(25)[t], y)
+        assert np.allclose(w, ref.coef_, atol=1e-8) and b == pytest.approx(ref.intercept_, abs=1e-8)
+    # utility a function of the token: R² ~ 1; tokens unseen in training get the intercept (here the mean, 0 R²)
+    val = g.normal(size=40)
+    tt = g.integers(0, 30, size=4000)
+    assert token_identity_r2(tt[:3000], val[tt[:3000]], tt[3000:], val[tt[3000:]]) > 0.999
+    unseen = np.arange(30, 40).repeat(20)
+    assert token_identity_r2(tt[:3000], val[tt[:3000]], unseen, val[unseen]) < 0.0
+    assert token_identity_r2(tt, g.normal(size=4000), tt[:500], g.normal(size=500)) < 0.05
+
+
+def test_untrained_dictionary_keeps_k_codes_and_copies_width_and_l0():
+    from rewardsae.batchtopk import BatchTopKSAE
+    rd = UntrainedDictionary(8, 32, k=3, seed=1)
+    x = torch.randn(50, 8)
+    f = rd.encode(x)
+    assert ((f > 0).sum(1) == 3).all() and torch.allclose(rd.W.norm(dim=1), torch.ones(32))
+    assert torch.equal(UntrainedDictionary(8, 32, k=3, seed=1).encode(x), f) and rd.decode(f).shape == (50, 8)
+    top = f.max(1).values                              # the kept codes are the largest of ReLU(W x)
+    assert torch.allclose(top, torch.relu(x @ rd.W.T).max(1).values)
+    like = untrained_like(BatchTopKSAE(8, 16, k=4.0), seed=0)
+    assert (like.d_in, like.d_hidden, like.k) == (8, 16, 4)
+    assert untrained_like(SparseAutoencoder(8, 16), l0=6.6).k == 7
+    with pytest.raises(ValueError, match="l0 is needed"):
+        untrained_like(SparseAutoencoder(8, 16))
+
+
+def test_reward_signal_check_reports_an_untrained_dictionary_below_a_trained_one():
+    g = np.random.default_rng(0)
+    x = np.abs(g.normal(size=(5000, 6))).astype(np.float32)
+    u = 3.0 * x[:, 4]
+    r = reward_signal_check(Axes(6), x[:4000], u[:4000], x[4000:], u[4000:], untrained=UntrainedDictionary(6, 6, k=1, seed=0))
+    assert r["feature_r2"] > 0.999 and r["untrained_r2"] < 0.9
