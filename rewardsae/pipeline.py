@@ -18,10 +18,9 @@ from .config import _plain
 from .stages import Stage, cached_stage
 
 # %% auto #0
-__all__ = ['OUTPUT_DOCS', 'SIZES', 'PCA_ROWS', 'LR_DECAY', 'CE_DOCS', 'RIDGE_ROWS', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF',
-           'PROBE_SENTENCES', 'ABLATION_PREFIXES', 'L1_SWEEP', 'STAGES', 'stage_policy', 'stage_divergence',
-           'stage_activations', 'stage_sae', 'stage_saes', 'stage_sae_figures', 'stage_sae_checks', 'stage_mmcs',
-           'top_table', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff', 'stage_probes',
+__all__ = ['OUTPUT_DOCS', 'SIZES', 'PCA_ROWS', 'LR_DECAY', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'L1_SWEEP', 'STAGES',
+           'stage_policy', 'stage_divergence', 'stage_activations', 'stage_sae', 'stage_saes', 'stage_sae_figures',
+           'stage_mmcs', 'top_table', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff',
            'stage_ablations', 'StageSpec', 'selected_layers', 'whole', 'check_before_work', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #7f50ab83
@@ -186,53 +185,6 @@ def stage_sae_figures(p: RunParams, run: Path, saes: dict[tuple, Stage]) -> Stag
                                           path=folder / f"training_curve_{size}"))
         return {"n": len(first)}
     return cached_stage(run, "sae_figures", {"seed": p.sae_seeds[0]}, compute, deps=tuple(first.values()))
-
-
-CE_DOCS = 8   # held-out reviews (64 tokens each) for CE loss recovered
-
-
-RIDGE_ROWS = 25_000   # training tokens (a seeded sample) for the reward-signal ridge fits (held out: all)
-
-
-def stage_sae_checks(p: RunParams, run: Path, policy: Stage, acts: dict[str, Stage], saes: dict[tuple, Stage]) -> Stage:
-    """For the first seed's dictionaries, on the held-out reviews: how much of the linearly available reward signal
-    the features keep (ridge R² on token utility, features vs raw activations, `rewardsae.sae_eval`), and, for the
-    large ones, CE loss recovered when the reconstruction replaces the MLP output."""
-    import numpy as np
-    from rewardsae.batchtopk import load_any_sae
-    from rewardsae.sae_eval import ce_loss_recovered, reward_signal_check, reward_signal_r2
-    from rewardsae.scores import token_word_utilities
-    first = {k: s for k, s in saes.items() if k[3] == p.sae_seeds[0]}
-    def compute(folder):
-        rows = []
-        tok = load_model(p.model)[1]
-        texts = review_texts(p)
-        for role in ("base", "rlhf"):
-            store = activation_store(acts[role])
-            split = heldout_split(store, p.heldout_frac)
-            u = token_word_utilities(store.token_id, store.doc, tok, pos=store.pos)
-            held_texts = list(texts[int(store.doc[split]):])[:CE_DOCS]
-            model = load_model(model_paths(p, policy)[role])[0]
-            data = {}
-            for (r, layer, size, seed), st in first.items():
-                if r != role:
-                    continue
-                sae = load_any_sae(st.folder / "sae")
-                if layer not in data:      # the training sample and the raw activations' R²: once per layer
-                    x = store.activations(layer)
-                    idx = np.sort(np.random.default_rng(p.seed).choice(split, min(split, RIDGE_ROWS), replace=False))
-                    xtr, utr, xte = np.asarray(x[idx]), u[idx], np.asarray(x[split:])
-                    data[layer] = (xtr, utr, xte, reward_signal_r2(xtr, utr, xte, u[split:], seed=p.seed))
-                xtr, utr, xte, raw_r2 = data[layer]
-                row = {"model": role, "layer": layer, "size": size,
-                       **reward_signal_check(sae, xtr, utr, xte, u[split:], seed=p.seed, raw_r2=raw_r2)}
-                if size == "large":
-                    row.update(ce_loss_recovered(model, tok, held_texts, layer, sae, site=HOOKS[p.hook], max_length=64))
-                rows.append(row)
-        _to_csv(rows, folder / "sae_checks.csv")
-        return {"rows": rows}
-    return cached_stage(run, "sae_checks", {"seed": p.sae_seeds[0], "ce_docs": CE_DOCS, "ridge": "unscaled", "ridge_rows": RIDGE_ROWS}, compute,
-                        deps=(acts["base"], acts["rlhf"], *first.values()))
 
 # %% ../nbs/14_pipeline.ipynb #e922f279
 def stage_mmcs(p: RunParams, run: Path, saes: dict[tuple, Stage], layers: list[int]) -> Stage:
@@ -448,55 +400,6 @@ def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict
            "classes": CLASS_THRESHOLDS, **({"compute_dtype": dtype} if dtype != "float32" else {})}
     return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
 
-# %% ../nbs/14_pipeline.ipynb #287e8084
-PROBE_SENTENCES = 400   # contrast triples (IMDb train first sentences)
-
-
-ABLATION_PREFIXES = 60  # test prefixes per ablation condition (at most n_completions)
-
-
-def stage_probes(p: RunParams, run: Path, policy: Stage, saes: dict[tuple, Stage], explained: dict[str, Stage]) -> Stage:
-    "Probes on both models' small dictionaries, their validation, and the ablation of the tuned model's flagged features."
-    import pandas as pd
-    from rewardsae.batchtopk import load_any_sae
-    from rewardsae.probes import ablation_effect, contrast_sentences, probe_dictionaries
-    seed = p.sae_seeds[0]
-    small = {(r, l): s for (r, l, z, sd), s in saes.items() if z == "small" and sd == seed}
-    dtype = run_dtype(p)
-    def compute(folder):
-        import time
-        t0, seconds = time.perf_counter(), {}
-        tok = load_model(p.model)[1]
-        contrast = contrast_sentences(tok, n_max=PROBE_SENTENCES, seed=p.seed)
-        seconds["contrast"] = time.perf_counter() - t0
-        contrast.to_csv(folder / "contrast.csv", index=False)
-        res, rows = {}, []
-        for role in ("base", "rlhf"):
-            model = load_model(model_paths(p, policy)[role])[0]
-            dicts = {l: load_any_sae(st.folder / "sae") for (r, l), st in small.items() if r == role}
-            expl = pd.read_csv(explained[role].folder / "explanations.csv", keep_default_na=False, na_values=[""])
-            t0 = time.perf_counter()
-            out = probe_dictionaries(model, tok, dicts, contrast, expl, p.explainer, k=p.k_table3, seed=p.seed,
-                                     site=HOOKS[p.hook], compute_dtype=dtype)
-            seconds[f"probe_{role}"] = time.perf_counter() - t0
-            out["words"].to_csv(folder / f"probe_words-{role}.csv", index=False)
-            out["flags"].to_csv(folder / f"flags-{role}.csv", index=False)
-            res[role] = {"probe": out["scores"], "validation": out["validation"],
-                         "flagged": {str(l): v for l, v in out["flagged"].items()}}
-            if role == "rlhf" and out["flagged"]:
-                freq = {l: feature_freq(small[(role, l)]) for l in dicts}
-                abl = ablation_effect(model, tok, dicts, out["flagged"], freq, n=min(p.n_completions, ABLATION_PREFIXES),
-                                      n_random=2, seed=p.seed, site=HOOKS[p.hook])
-                abl.to_csv(folder / "ablation.csv", index=False)
-                res[role]["ablation"] = abl.to_dict("records")
-                seconds["ablation"] = time.perf_counter() - t0 - seconds[f"probe_{role}"]
-        return {"n_triples": len(contrast), "dictionaries": "small", "seed": seed, **res,
-                "seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    key = {"sentences": PROBE_SENTENCES, "seed": p.seed, "k": p.k_table3, "explainer": p.explainer,
-           "n_completions": min(p.n_completions, ABLATION_PREFIXES), "random_draws": 2, "random": "frequency-matched",
-           **({"compute_dtype": dtype} if dtype != "float32" else {})}
-    return cached_stage(run, "probes", key, compute, deps=(*small.values(), *explained.values()))
-
 # %% ../nbs/14_pipeline.ipynb #25dab352
 L1_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
@@ -566,7 +469,7 @@ def whole(key: str) -> Callable[[Any], dict]:
     return lambda s: {key: s.result if s is not None else None}
 
 # %% ../nbs/14_pipeline.ipynb #ccc78246
-from . import report as R
+from . import divergence, probe_baselines, report as R, sae_eval
 
 STAGES = [
     StageSpec("policy", lambda p, run, st: stage_policy(p, run), whole("policy"),
@@ -574,13 +477,16 @@ STAGES = [
     StageSpec("divergence", lambda p, run, st: stage_divergence(p, run, st["policy"]),
               lambda s: dict(zip(("layers", "selected_layers", "layer_noise"), _result(s, "layers", "selected_layers", "noise"))),
               R.divergence_section, R.divergence_verdict, cpu_seconds=20),
+    StageSpec("output_floor", lambda p, run, st: divergence.stage_output_floor(p, run, st["policy"], st["divergence"]),
+              whole("output_floor"), R.output_floor_section, R.output_floor_verdict, cpu_seconds=40),
     StageSpec("activations", lambda p, run, st: {r: stage_activations(p, run, r, st["policy"], st["divergence"]) for r in ("base", "rlhf")},
               cpu_seconds=420),
     StageSpec("saes", lambda p, run, st: stage_saes(p, run, st["policy"], st["activations"], selected_layers(st)),
               lambda saes: {"sae": R.sae_rows(saes)}, R.sae_section, R.sae_verdict, cpu_seconds=250),
     StageSpec("sae_figures", lambda p, run, st: stage_sae_figures(p, run, st["saes"]), cpu_seconds=5),
-    StageSpec("sae_checks", lambda p, run, st: stage_sae_checks(p, run, st["policy"], st["activations"], st["saes"]),
-              lambda s: {"sae_checks": _result(s, "rows", default=[])}, R.sae_checks_section, cpu_seconds=65),
+    StageSpec("sae_checks", lambda p, run, st: sae_eval.stage_sae_checks(p, run, st["policy"], st["activations"], st["saes"]),
+              lambda s: {"sae_checks": _result(s, "rows", default=[]), "token_r2": _result(s, "token_r2")},
+              R.sae_checks_section, cpu_seconds=65),
     StageSpec("mmcs", lambda p, run, st: stage_mmcs(p, run, st["saes"], selected_layers(st)),
               lambda s: dict(zip(("mmcs", "base_vs_rlhf"), _result(s, "mmcs", "base_vs_rlhf", default=[]))),
               R.mmcs_section, cpu_seconds=5),
@@ -596,8 +502,8 @@ STAGES = [
     StageSpec("model_diff", lambda p, run, st: stage_model_diff(p, run, st["activations"], st["saes"], selected_layers(st)[:p.diff_layers]),
               whole("model_diff"), R.model_diff_section, enabled=lambda p: p.model_diff,
               cpu_seconds=55),
-    StageSpec("probes", lambda p, run, st: stage_probes(p, run, st["policy"], st["saes"], st["explanations"]),
-              whole("probes"), R.probes_section, enabled=lambda p: p.probes, cpu_seconds=70),
+    StageSpec("probes", lambda p, run, st: probe_baselines.stage_probes(p, run, st["policy"], st["saes"], st["explanations"]),
+              whole("probes"), R.probes_section, R.probes_verdict, enabled=lambda p: p.probes, cpu_seconds=90),
     StageSpec("ablations", lambda p, run, st: stage_ablations(p, run, st["policy"], st["divergence"], st["activations"]),
               whole("ablations"), R.ablations_section, enabled=lambda p: p.ablations,
               cpu_seconds=240),

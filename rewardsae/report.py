@@ -16,8 +16,9 @@ from .stages import Stage
 # %% auto #0
 __all__ = ['SAE_METRICS', 'table', 'interval', 'figure', 'plan_stages', 'collect_figures', 'write_summary', 'show_report',
            'policy_section', 'divergence_verdict', 'divergence_section', 'sae_rows', 'sae_verdict', 'sae_section',
-           'sae_checks_section', 'mmcs_section', 'explanations_section', 'table3_section', 'table4_verdict',
-           'table4_section', 'model_diff_section', 'probes_section', 'ablations_section']
+           'sae_checks_section', 'output_floor_verdict', 'output_floor_section', 'mmcs_section', 'explanations_section',
+           'table3_section', 'table4_verdict', 'table4_section', 'model_diff_section', 'probes_verdict',
+           'probes_section', 'ablations_section']
 
 # %% ../nbs/14a_report.ipynb #332a56e4
 def table(rows: list[dict], floatfmt: str = ".3f") -> str:
@@ -168,12 +169,25 @@ def sae_section(s: dict, params) -> str:
 
 
 def sae_checks_section(s: dict, params) -> str:
-    if not s.get("sae_checks"):
+    from rewardsae.sae_eval import sae_checks_section
+    return sae_checks_section({"rows": s.get("sae_checks") or [], "token_r2": s.get("token_r2") or {}}, params)
+
+
+def output_floor_verdict(s: dict, params) -> str | None:
+    f = (s.get("output_floor") or {}).get("summary")
+    if not f:
+        return None
+    return (f"Block outputs changed {f['ratio_min']:.1f}–{f['ratio_max']:.1f}× as much as under a random-walk copy of the "
+            f"base model with the RL run's updates (median {f['ratio_median']:.1f}×), in a shape over blocks that "
+            + ("follows" if f["shape_r"] >= 0.5 else "does not follow") + f" the random walk's (r {f['shape_r']:.2f}).")
+
+
+def output_floor_section(s: dict, params) -> str:
+    from rewardsae.divergence import divergence_section
+    if not s.get("output_floor"):
         return ""
-    return "\n".join([f"\n### Reward signal and CE loss recovered, seed {params.sae_seeds[0]}, held-out reviews\n",
-                      "`raw_r2` / `feature_r2`: held-out R² of a ridge regression to the token's VADER word utility from "
-                      "the raw activation / from the dictionary's features. `ce_loss_recovered`: (CE_zero − CE_sae) / "
-                      "(CE_zero − CE_clean) with the reconstruction spliced in.\n", table(s["sae_checks"])])
+    return divergence_section(s["output_floor"], params) + figure(
+        params, "output_floor", "Block output change of the tuned model against the random-walk floor.")
 
 
 def mmcs_section(s: dict, params) -> str:
@@ -249,31 +263,33 @@ def model_diff_section(s: dict, params) -> str:
         "\n### Tuned-only, tuned-leaning and most changed latents\n", table(ch)])
 
 
-def probes_section(s: dict, params) -> str:
+def probes_verdict(s: dict, params) -> str | None:
     pr = s.get("probes")
-    if not pr:
-        return ""
-    from rewardsae import probes
-    if hasattr(probes, "probes_section"):
-        return probes.probes_section(pr, params)
-    roles = [r for r in ("base", "rlhf") if r in pr]
-    fmt = lambda ci: interval(*ci) if ci else ""
-    probe = [{"model": r, "tau": pr[r]["probe"]["tau"], "tau 95% CI": fmt(pr[r]["probe"]["tau_ci"]),
-              "random tau": pr[r]["probe"]["random_tau_mean"], "random 95%": fmt(pr[r]["probe"]["random_tau_ci"]),
-              **{k: pr[r]["probe"][k] for k in ("tau_neg", "sign_acc_pos", "sign_acc_neg", "n_words", "n_test")}} for r in roles]
-    val = [{"model": r, **pr[r]["validation"]} for r in roles if pr[r].get("validation")]
-    out = [f"\n## Feedback probes (later version), small dictionaries, seed {pr['seed']}, {pr['n_triples']} contrast sentences\n",
-           "Kendall tau between the probe's per-word value and VADER on the 20% test split; random: 100 random linear probes. "
-           "Flagged: features whose description is reward-related (`rewardsae.probes.reward_related`, "
-           f"`{params.explainer}` explainer); `fire_high/low`: firing rate on the test inputs the probe scores highest / lowest "
-           "(quarters of |prediction|).\n", table(probe), table(val)]
-    abl = pr.get("rlhf", {}).get("ablation")
-    if abl:
-        out += ["Ablation in the tuned model: mean completion utility (Table 4 protocol) with the flagged features' codes "
-                "zeroed vs as many random live features; change against no ablation with paired 95% interval.\n", table(abl)]
-    elif "rlhf" in pr:
-        out += ["No feature of the tuned model was flagged: nothing to ablate.\n"]
-    return "\n".join(out)
+    rows = (pr or {}).get("comparison") or []
+    word = [r for r in rows if r.get("split") == "word"]
+    if not word:
+        return None
+    def best(model):
+        t = [r for r in word if r["model"] == model and r["features"] == "trained" and r["probe"] == "ridge"]
+        rivals = [r["tau"] for r in word if r["model"] == model and not (r["features"] == "trained" and r["probe"] == "ridge")]
+        return (t[0], max(rivals)) if t and rivals else (None, None)
+    parts = []
+    for model, name in (("base", "base"), ("rlhf", "tuned")):
+        t, rival = best(model)
+        if t:
+            parts.append(f"{name} τ {t['tau']:.2f} {interval(t.get('tau_lo'), t.get('tau_hi'), '.2f')} against the best "
+                         f"baseline's {rival:.2f}")
+    if not parts:
+        return None
+    above = all(best(m)[0]["tau_lo"] > best(m)[1] for m in ("base", "rlhf") if best(m)[0])
+    return ("Feedback probes on the small dictionaries (words held out whole): " + "; ".join(parts) + " — "
+            + ("above every baseline." if above else "not above the baselines (untrained dictionary, raw activations, "
+               "difference of means, sign only): the probes read the word's polarity, not a dictionary's or RL's."))
+
+
+def probes_section(s: dict, params) -> str:
+    from rewardsae.probe_baselines import probes_section
+    return probes_section(s["probes"], params) if s.get("probes") else ""
 
 
 def ablations_section(s: dict, params) -> str:
