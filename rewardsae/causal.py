@@ -450,7 +450,7 @@ def _fmt(t, pct: bool = True) -> str:
 
 def causal_section(result: dict, params=None) -> str:
     "The report's section on the causal test: what was found in plain sentences, then one table for steering, one for removal."
-    from rewardsae.pipeline import _table
+    from rewardsae.report import table as _table
     n, gain = result["n_prefixes"], result["rl_gain"]
     lines = [f"\n## Causal test: does the candidate carry the reward? ({n} test prefixes, Table 4's sampling)\n"]
     sure = gain[1] is not None and gain[1] > 0

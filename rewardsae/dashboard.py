@@ -313,7 +313,8 @@ def stage_dashboard(p, run, done: dict, max_pages: int = 200, latents=(), k_top:
                     per_quantile: int = 2, context: int = 12, n_logit: int = 10, max_tokens: int = 100_000):
     """The run's feature dashboard, `run/dashboard/index.html`, from the finished stages `done` (`run_all`'s dict:
     stages or dicts of stages, and `summary` once written) and `run/report.md`. Cheap: reads what is computed."""
-    from rewardsae.pipeline import load_model, model_paths, plan_stages
+    from rewardsae.pipeline import load_model, model_paths
+    from rewardsae.report import plan_stages
     from rewardsae.stages import Stage, cached_stage
     for x in latents:
         parse_latent(x)   # a malformed name fails before any work

@@ -443,7 +443,8 @@ class StageSpec:
     with None when the stage is off, so the keys are always there); `section(summary, params)` writes its part of
     `report.md` and `verdict(summary, params)` its sentence of the report's opening paragraph (None: nothing to say);
     `enabled(p)` says whether the run has it; `cpu_seconds` is what it is expected to take on the `cpu` preset (the
-    terminal's estimate of the time left)."""
+    terminal's estimate of the time left); an `after_report` stage (the dashboard) runs once `report.md` is written, and
+    the report is written again with it."""
     name: str
     compute: Callable[[RunParams, Path, dict], Any]
     summary: Callable[[Any], dict] = lambda result: {}
@@ -451,6 +452,7 @@ class StageSpec:
     verdict: Callable[[dict, RunParams], str | None] | None = None
     enabled: Callable[[RunParams], bool] = lambda p: True
     cpu_seconds: float = 0.0
+    after_report: bool = False
 
 
 def selected_layers(st: dict) -> list[int]:
@@ -469,7 +471,7 @@ def whole(key: str) -> Callable[[Any], dict]:
     return lambda s: {key: s.result if s is not None else None}
 
 # %% ../nbs/14_pipeline.ipynb #ccc78246
-from . import divergence, probe_baselines, report as R, sae_eval
+from . import dashboard, divergence, probe_baselines, report as R, sae_eval
 
 STAGES = [
     StageSpec("policy", lambda p, run, st: stage_policy(p, run), whole("policy"),
@@ -507,6 +509,9 @@ STAGES = [
     StageSpec("ablations", lambda p, run, st: stage_ablations(p, run, st["policy"], st["divergence"], st["activations"]),
               whole("ablations"), R.ablations_section, enabled=lambda p: p.ablations,
               cpu_seconds=240),
+    StageSpec("dashboard", lambda p, run, st: dashboard.stage_dashboard(p, run, st), whole("dashboard"),
+              lambda s, p: dashboard.dashboard_section(s["dashboard"], p) if s.get("dashboard") else "",
+              cpu_seconds=30, after_report=True),
 ]
 
 # %% ../nbs/14_pipeline.ipynb #e874b749
@@ -532,7 +537,9 @@ def run_all(params: RunParams, stages: list[StageSpec] | None = None) -> dict:
     expected = {s.name: s.cpu_seconds for s in plan} if p.preset == "cpu" else {}
     report_progress(run, plan=[s.name for s in plan], done=[], stage=None, part=None, expected=expected)
     st, timings = {}, {}
-    for spec in plan:
+    for spec in [s for s in plan if not s.after_report] + [s for s in plan if s.after_report]:
+        if spec.after_report and "summary" not in st:
+            st["summary"] = write_summary(p, run, st, stages, timings)
         report_progress(run, stage=spec.name, part=None, started=time.time())
         t0 = time.perf_counter()
         st[spec.name] = spec.compute(p, run, st)
