@@ -160,7 +160,7 @@ def test_stage_end_to_end_recovers_the_planted_vector(tiny_run):
     r = st.result
     assert r["profile"]["reviews"]["first_changed_layer"] == 2 == r["profile"]["prompts"]["first_changed_layer"]
     d = np.load(st.folder / "deltas-reviews.npy")
-    assert d.shape == (4, 5, 64) and cosine(d[2, -1], v) > 0.99 and np.abs(d[:2]).max() == 0
+    assert d.shape == (4, 6, 64) and cosine(d[2, -1], v) > 0.99 and np.abs(d[:2]).max() == 0
     assert set(r["methods"]) == {"adl", "diff_mining", "amplification", "kl", "latent_shift_sae", "latent_shift_crosscoder"}
     assert all(len(e["top_tokens"]) == 20 and "relevance" in e and e["causal"] is None for e in r["methods"].values())
     # the SAE ranking on held-out rows: by hand from the stores (the tuned MLP output is the base's + v)
