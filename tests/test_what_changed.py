@@ -169,7 +169,7 @@ def test_stage_end_to_end_recovers_the_planted_vector(tiny_run):
     from rewardsae.pipeline import activation_store, heldout_split
     sae = load_any_sae(saes[("base", 2, "large", 0)].folder / "sae")
     sb = activation_store(acts["base"])
-    xb = torch.as_tensor(np.asarray(sb.activations(2)[heldout_split(sb, p.heldout_frac):]))
+    xb = torch.tensor(np.asarray(sb.activations(2)[heldout_split(sb, p.heldout_frac):]))
     with torch.no_grad():
         want = (sae.encode(xb + v) - sae.encode(xb)).mean(0).numpy()
     assert np.allclose(sh.set_index("latent")["shift"].sort_index().to_numpy(), want, atol=1e-4)
