@@ -20,7 +20,7 @@ import torch
 # %% auto #0
 __all__ = ['SITES', 'check_alphas', 'check_site', 'row_edits', 'SharedNoise', 'generate_rows', 'completion_nll', 'run_conditions',
            'gain_fraction', 'random_directions', 'table4_reward', 'causal_conditions', 'summarise', 'plot_steering',
-           'check_candidates', 'stage_causal', 'causal_section']
+           'check_candidates', 'stage_causal', 'run_candidates', 'causal_section']
 
 # %% ../nbs/12b_causal.ipynb #fcd1a17a
 SITES = {"mlp": "mlp", "resid": "resid", "mlp_out": "mlp", "resid_post": "resid"}
@@ -438,6 +438,27 @@ def stage_causal(p, run, policy, directions: Mapping | None = None, latent_sets:
         return {**res, "alphas": alphas, "n_random": int(n_random), "n_conditions": len(conds),
                 "n_completions": int(len(df)), "seconds": round(time.perf_counter() - t0, 1)}
     return cached_stage(run, "causal", key, compute, deps=(policy, *deps))
+
+# %% ../nbs/12b_causal.ipynb #95619f82
+def run_candidates(p, st: dict, top_latents: int = 10) -> tuple[dict, dict, tuple]:
+    """`(directions, latent_sets, deps)` for `stage_causal` from a run's finished stages `st`: δ of the `what_changed`
+    stage at the first selected layer, and the `top_latents` base-SAE latents with the largest activation shift there.
+    Empty when the run has no `what_changed` stage."""
+    import numpy as np
+    import pandas as pd
+    wc = st.get("what_changed")
+    if wc is None:
+        return {}, {}, ()
+    layer = int(st["divergence"].result["selected_layers"][0])
+    deltas = np.load(wc.folder / "deltas-reviews.npy")
+    directions = {f"delta L{layer}": (layer, "resid", deltas[layer, -2])}
+    sae = st["saes"].get(("base", layer, "large", p.sae_seeds[0]))
+    shifts = wc.folder / f"latent_shifts-sae-L{layer}-reviews.csv"
+    latent_sets = {}
+    if sae is not None and shifts.exists():
+        top = pd.read_csv(shifts).nlargest(top_latents, "shift")
+        latent_sets[f"top {top_latents} shifted latents L{layer}"] = (layer, sae.folder, [int(i) for i in top.latent])
+    return directions, latent_sets, tuple(s for s in (wc, sae) if s is not None)
 
 # %% ../nbs/12b_causal.ipynb #7e6cd786
 def _fmt(t, pct: bool = True) -> str:

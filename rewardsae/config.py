@@ -76,6 +76,14 @@ class RunParams:
     probes: bool | None = None        # the later version's feedback probes; empty: on, except in the smoke preset
     model_diff: bool | None = None    # crosscoder, diff-SAE, reward scan per selected layer; empty: on, except in smoke
     diff_layers: int | None = None    # model_diff on this many of the selected layers (highest divergence first); empty: the preset's (cpu: 1)
+    what_changed: bool | None = None  # output and activation-difference diffing (chapters 8c-8e); empty: on, except in smoke
+    wc_reviews: int = 48              # what_changed: held-out reviews (after the run's sample) the instruments read
+    wc_prefixes: int = 16             # what_changed: prefixes for amplified and steered sampling, per corpus
+    causal: bool | None = None        # steer the base / remove from the tuned model with what_changed's candidates (12b); empty: as what_changed
+    causal_prefixes: int = 16         # causal: Table 4 prefixes per condition
+    causal_alphas: list | None = None # causal: steering strengths (multiples of the candidate's norm); empty: [1, 3]
+    causal_random: int = 3            # causal: random directions / latent sets of equal norm / frequency, the control
+    dashboard_pages: int = 200        # dashboard: latent pages at most
     seed: int = 0
     out: str = ""                     # run folder; empty: runs/<model>-<reward>-<preset>
 
@@ -110,6 +118,16 @@ class RunParams:
             p.probes = p.preset != "smoke"
         if p.model_diff is None:
             p.model_diff = p.preset != "smoke"
+        if p.what_changed is None:
+            p.what_changed = p.preset != "smoke"
+        if p.causal is None:
+            p.causal = bool(p.what_changed)
+        if p.causal_alphas is None:
+            p.causal_alphas = [1.0, 3.0]
+        try:
+            p.causal_alphas = [float(a) for a in p.causal_alphas]
+        except (TypeError, ValueError):
+            raise ValueError(f"causal_alphas must be a list of numbers, got {p.causal_alphas!r}") from None
         if p.tokens is not None and int(p.tokens) < 1:
             raise ValueError(f"tokens must be at least 1, got {p.tokens}")
         if p.rl_steps is not None and int(p.rl_steps) < 1:
@@ -117,7 +135,7 @@ class RunParams:
         if not 0 < float(p.heldout_frac) < 1:
             raise ValueError(f"heldout_frac must be between 0 and 1 (exclusive), got {p.heldout_frac}")
         for name in ("n_layers", "n_docs", "max_length", "sae_epochs", "large_epochs", "sae_batch_size", "k_features", "k_table3", "n_completions",
-                     "min_firing_docs", "diff_layers"):
+                     "min_firing_docs", "diff_layers", "wc_reviews", "wc_prefixes", "causal_prefixes", "causal_random", "dashboard_pages"):
             if int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(p, name)}")
         if p.explainer == "tokens" and p.explainer_model:
@@ -135,7 +153,9 @@ class RunParams:
 
 _TYPES = {"rl_steps": int, "n_layers": int, "n_docs": int, "max_length": int, "sae_epochs": int, "large_epochs": int, "sae_batch_size": int,
           "sae_lr": float, "l1_coef": float, "topk_k": int, "topk_lr": float, "tokens": int, "k_features": int, "k_table3": int, "min_firing_docs": int, "heldout_frac": float,
-          "n_completions": int, "ablations": bool, "probes": bool, "model_diff": bool, "diff_layers": int, "seed": int}
+          "n_completions": int, "ablations": bool, "probes": bool, "model_diff": bool, "diff_layers": int, "seed": int,
+          "what_changed": bool, "wc_reviews": int, "wc_prefixes": int, "causal": bool, "causal_prefixes": int, "causal_random": int,
+          "dashboard_pages": int}
 
 
 def slug(name: str) -> str:

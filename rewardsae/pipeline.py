@@ -471,7 +471,7 @@ def whole(key: str) -> Callable[[Any], dict]:
     return lambda s: {key: s.result if s is not None else None}
 
 # %% ../nbs/14_pipeline.ipynb #ccc78246
-from . import dashboard, divergence, probe_baselines, report as R, sae_eval
+from . import causal, dashboard, divergence, probe_baselines, report as R, sae_eval, what_changed
 
 STAGES = [
     StageSpec("policy", lambda p, run, st: stage_policy(p, run), whole("policy"),
@@ -504,12 +504,22 @@ STAGES = [
     StageSpec("model_diff", lambda p, run, st: stage_model_diff(p, run, st["activations"], st["saes"], selected_layers(st)[:p.diff_layers]),
               whole("model_diff"), R.model_diff_section, enabled=lambda p: p.model_diff,
               cpu_seconds=55),
+    StageSpec("what_changed", lambda p, run, st: what_changed.stage_what_changed(
+                  p, run, st["policy"], st["activations"], st["saes"], st.get("model_diff"), n_reviews=p.wc_reviews,
+                  n_prefixes=p.wc_prefixes),
+              whole("what_changed"), lambda s, p: what_changed.what_changed_section(s["what_changed"], p) if s.get("what_changed") else "",
+              R.what_changed_verdict, enabled=lambda p: p.what_changed, cpu_seconds=90),
     StageSpec("probes", lambda p, run, st: probe_baselines.stage_probes(p, run, st["policy"], st["saes"], st["explanations"]),
               whole("probes"), R.probes_section, R.probes_verdict, enabled=lambda p: p.probes, cpu_seconds=90),
+    StageSpec("causal", lambda p, run, st: causal.stage_causal(
+                  p, run, st["policy"], *causal.run_candidates(p, st)[:2], alphas=p.causal_alphas, n_prefixes=p.causal_prefixes,
+                  n_random=p.causal_random, removal="subtract", deps=causal.run_candidates(p, st)[2]),
+              whole("causal"), lambda s, p: causal.causal_section(s["causal"], p) if s.get("causal") else "",
+              R.causal_verdict, enabled=lambda p: p.causal and p.what_changed, cpu_seconds=180),
     StageSpec("ablations", lambda p, run, st: stage_ablations(p, run, st["policy"], st["divergence"], st["activations"]),
               whole("ablations"), R.ablations_section, enabled=lambda p: p.ablations,
               cpu_seconds=240),
-    StageSpec("dashboard", lambda p, run, st: dashboard.stage_dashboard(p, run, st), whole("dashboard"),
+    StageSpec("dashboard", lambda p, run, st: dashboard.stage_dashboard(p, run, st, max_pages=p.dashboard_pages), whole("dashboard"),
               lambda s, p: dashboard.dashboard_section(s["dashboard"], p) if s.get("dashboard") else "",
               cpu_seconds=30, after_report=True),
 ]

@@ -18,7 +18,7 @@ __all__ = ['SAE_METRICS', 'table', 'interval', 'figure', 'plan_stages', 'collect
            'policy_section', 'divergence_verdict', 'divergence_section', 'sae_rows', 'sae_verdict', 'sae_section',
            'sae_checks_section', 'output_floor_verdict', 'output_floor_section', 'mmcs_section', 'explanations_section',
            'table3_section', 'table4_verdict', 'table4_section', 'model_diff_section', 'probes_verdict',
-           'probes_section', 'ablations_section']
+           'probes_section', 'what_changed_verdict', 'causal_verdict', 'ablations_section']
 
 # %% ../nbs/14a_report.ipynb #332a56e4
 def table(rows: list[dict], floatfmt: str = ".3f") -> str:
@@ -122,7 +122,7 @@ def policy_section(s: dict, params) -> str:
 def divergence_verdict(s: dict, params) -> str | None:
     noise = s.get("layer_noise")
     sel = f"The analysed layers {s.get('selected_layers')} were chosen by {params.layer_measure} divergence"
-    return sel + (f"; {noise['verdict']}." if noise else ".")
+    return sel + (f"; {noise['verdict'].split('; rule:')[0]})." if noise else ".")
 
 
 def divergence_section(s: dict, params) -> str:
@@ -290,6 +290,57 @@ def probes_verdict(s: dict, params) -> str | None:
 def probes_section(s: dict, params) -> str:
     from rewardsae.probe_baselines import probes_section
     return probes_section(s["probes"], params) if s.get("probes") else ""
+
+
+def what_changed_verdict(s: dict, params) -> str | None:
+    wc = s.get("what_changed")
+    if not wc or not wc.get("methods"):
+        return None
+    from rewardsae.what_changed import METHODS
+    found, blind = [], []
+    for m, e in wc["methods"].items():
+        r = e["relevance"]
+        name = METHODS.get(m, m)
+        if r["relevant"]:
+            found.append(f"{name} ({r['method']['n_positive']}/{r['method']['n']} positive tokens: "
+                         + ", ".join(t.strip() for t in e["top_tokens"][:4]) + ")")
+        else:
+            blind.append(name)
+    base = next(iter(wc["methods"].values()))["relevance"]["baseline"]
+    text = ("Reading what RL changed in the models' outputs and activations, "
+            + (" and ".join(found) + " name the reward's vocabulary" if found else "no instrument names the reward's vocabulary")
+            + f" (the corpus's most frequent tokens: {base['n_positive']}/{base['n']} positive)")
+    return text + (f"; {', '.join(blind)} do not." if blind else ".")
+
+
+def causal_verdict(s: dict, params) -> str | None:
+    c = s.get("causal")
+    if not c or not c.get("candidates"):
+        return None
+    def pct(v):
+        if not v or v[0] is None:
+            return "undefined (no RL gain on these prefixes)"
+        lo, hi = (None if x is None else 100 * x for x in v[1:3])
+        return f"{100 * v[0]:.0f}% {interval(lo, hi, '.0f')}".strip()
+    g = c["rl_gain"]
+    if g[1] is None or g[1] <= 0:
+        return (f"The causal test has nothing to measure against: on its {c['n_prefixes']} Table 4 prefixes RL's reward gain "
+                f"is {g[0]:+.3f} {interval(g[1], g[2])}, not above zero.")
+    parts = []
+    for name, cand in c["candidates"].items():
+        bits = []
+        if cand.get("steer"):
+            top = max(cand["steer"], key=lambda r: r["alpha"])
+            bits.append(f"steering the base with it (α = {top['alpha']:g}) recovers {pct(top['recovered'])} of the RL gain "
+                        f"(random directions of its norm: {pct(top['random_recovered'])})")
+        if cand.get("remove"):
+            r = cand["remove"]
+            bits.append(f"removing it from the tuned model ({r['how']}) removes {pct(r['removed'])} "
+                        f"(random: {pct(r['random_removed'])})")
+        if bits:
+            parts.append(f"{name}: " + "; ".join(bits))
+    return (f"Causally, on {c['n_prefixes']} Table 4 prefixes (mean reward gain of RL {c['rl_gain'][0]:+.3f} "
+            f"{interval(c['rl_gain'][1], c['rl_gain'][2])}): " + ". ".join(parts) + ".") if parts else None
 
 
 def ablations_section(s: dict, params) -> str:
