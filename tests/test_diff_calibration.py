@@ -108,35 +108,52 @@ def test_calibration_separates_a_real_change_from_the_null_and_finds_strong_plan
     assert cal["rl_mean_change"] == pytest.approx(mean_change(xb, xt)) and strong["write_norm"] == pytest.approx(8 * cal["rl_mean_change"])
 
 
+def _fake_run(tmp_path, tuned, layer: int, n_docs: int = 400):
+    "A run folder with just what the stage reads: both models' activations at `layer` and a one-epoch large SAE each."
+    from rewardsae.activations import harvest_activations
+    from rewardsae.batchtopk import save_batchtopk, train_batchtopk
+    from rewardsae.models import load_causal_lm
+    from rewardsae.pipeline import activation_store, make_params, review_texts
+    from rewardsae.stages import cached_stage
+    p = make_params(model="tiny-neox", preset="smoke", n_docs=n_docs, max_length=64, sae_epochs=8, topk_k=8, sae_batch_size=256,
+                    out=str(tmp_path / "run")).resolved()
+    run, texts = tmp_path / "run", review_texts(p)
+    acts, saes = {}, {}
+    for role, (model, tok) in (("base", load_causal_lm("tiny-neox")), ("rlhf", tuned)):
+        def harvest(folder, model=model, tok=tok):
+            harvest_activations(model, tok, texts, [layer], folder / "acts", max_length=64, progress=False)
+            return {}
+        acts[role] = cached_stage(run, f"activations-{role}", {"role": role}, harvest, log=None)
+        def sae(folder, role=role):
+            x = activation_store(acts[role]).activations(layer)
+            save_batchtopk(train_batchtopk(x, 2 * x.shape[1], k=8, epochs=1, batch_size=512, progress=False)[0], folder / "sae")
+            return {}
+        saes[(role, layer, "large", p.sae_seeds[0])] = cached_stage(run, f"sae-{role}", {"role": role}, sae, deps=(acts[role],), log=None)
+    return p, run, acts, saes
+
+
 def test_the_stage_reports_a_planted_feature_beyond_its_null(tmp_path):
     """The stage end to end on tiny-neox with a unit planted at layer 2 (four words, a random direction): its null,
     its planted features, and the real planted latent reported as beyond the null, with the verdict first."""
+    from rewardsae.crosscoder import load_crosscoder
     from rewardsae.data import load_imdb
     from rewardsae.model_diff import model_diff_section, plant_feature, stage_model_diff
     from rewardsae.models import load_causal_lm
-    from rewardsae.pipeline import make_params, run_all
     model, tok = load_causal_lm("tiny-neox")
     texts = load_imdb("train", verbose=False).shuffle(seed=1).select(range(80))["text"]
     planted, info = plant_feature(model, tok, 2, [" good", " film", " like", " one"], texts, sharpness=8.0)
-    planted.save_pretrained(tmp_path / "planted")
-    tok.save_pretrained(tmp_path / "planted")
-    p = make_params(model="tiny-neox", tuned=str(tmp_path / "planted"), preset="smoke", n_layers=1, n_docs=400,
-                    max_length=64, sae_epochs=8, topk_k=8, k_features=3, k_table3=4, n_completions=4, model_diff=False,
-                    out=str(tmp_path / "run"))
-    st = run_all(p)
-    p = p.resolved()
+    p, run, acts, saes = _fake_run(tmp_path, (planted, tok), 2)
     with pytest.raises(ValueError, match="strengths must be positive"):
-        stage_model_diff(p, st["run"], st["activations"], st["saes"], [2], strengths=(-1,))
-    md = stage_model_diff(p, st["run"], st["activations"], st["saes"], [2], strengths=(1, 16), plant_frac=0.01).result
+        stage_model_diff(p, run, acts, saes, [2], strengths=(-1,))
+    md = stage_model_diff(p, run, acts, saes, [2], strengths=(1, 16), plant_frac=0.01).result
     cal = md["layers"]["2"]["calibration"]
     assert [q["strength"] for q in cal["plants"]] == [1, 16] and cal["null"]["n_live"] > 0
-    rows = [r for r in md["changed_latents"] if r["layer"] == 2]
-    from rewardsae.crosscoder import load_crosscoder
-    cc = load_crosscoder(st["run"] / "stages" / "model_diff" / "crosscoder-L2")
+    cc = load_crosscoder(run / "stages" / "model_diff" / "crosscoder-L2")
     top = int(cc.relative_norm().argmax())
     d_t = cc.decoders.detach()[top, 1]
-    assert float(d_t @ torch.as_tensor(info["direction"]) / d_t.norm()) > 0.9                 # the planted latent
+    assert float(d_t @ torch.as_tensor(info["direction"]) / d_t.norm()) > 0.8                 # the planted latent
     assert float(cc.relative_norm()[top]) > cal["null"]["relative_norm_high"]                  # beyond the null
+    rows = [r for r in md["changed_latents"] if r["layer"] == 2]
     assert any(r["latent"] == top and r["kind"] in ("tuned_only", "tuned_leaning", "tuned_side") for r in rows), rows
     text = model_diff_section(md, p)
     assert text.lstrip().startswith("## Model diffing") and "At layer 2," in text and "nan" not in text
