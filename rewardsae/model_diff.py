@@ -262,7 +262,8 @@ def _word_tokens(tok, token_ids) -> np.ndarray:
 
 
 def changed_table(lat: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """The latents the report lists, from `diff_layer`'s per-latent table with an `above_null` column: `tuned_only`
+    """The latents the report lists, from `diff_layer`'s per-latent table with the boolean columns `live`,
+    `change_above`, `rel_above` and `rel_below` (beyond the null's thresholds, chapter 8b1): `tuned_only`
     and `tuned_leaning` by class (the `top` with most tuned write / highest relative norm), then the live latents
     beyond the null not listed yet: `tuned_side` (relative norm above the null's range, `top` highest), `base_side`
     (below it) and `changed` (the `top` largest decoder changes above the null's threshold)."""
