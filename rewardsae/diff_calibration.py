@@ -20,7 +20,7 @@ from .model_diff import decoder_change
 
 # %% auto #0
 __all__ = ['PLANT_COSINE', 'mean_change', 'shuffled_null', 'plant_sets', 'random_directions', 'add_plants', 'null_thresholds',
-           'above_null', 'find_plant', 'detection_limit', 'calibrate_layer']
+           'recentre', 'above_null', 'find_plant', 'detection_limit', 'calibrate_layer']
 
 # %% ../nbs/08b1_diff_calibration.ipynb #0855fb57
 def mean_change(x_base, x_tuned, chunk: int = 65_536) -> float:
@@ -93,7 +93,8 @@ def add_plants(x_tuned, token_id, sets: Sequence, directions, norms) -> np.ndarr
 # %% ../nbs/08b1_diff_calibration.ipynb #94d95c2a
 def null_thresholds(cc, live, quantile: float = 0.99) -> dict:
     """The detection thresholds from a crosscoder trained on the null: over its `live` latents (bool per latent), the
-    `quantile` of the decoder change, the `quantile` and `1 − quantile` of the relative norm, and their extremes."""
+    `quantile` of the decoder change, the `quantile` and `1 − quantile` of the relative norm, their extremes, and the
+    relative norms' median (`above_null` re-centres another crosscoder's relative norms on it)."""
     if not 0.5 < quantile < 1:
         raise ValueError(f"quantile must be in (0.5, 1), got {quantile!r}")
     live = np.asarray(live, dtype=bool)
@@ -103,12 +104,21 @@ def null_thresholds(cc, live, quantile: float = 0.99) -> dict:
     rel = cc.relative_norm().numpy()[live]
     return {"quantile": quantile, "n_live": int(live.sum()), "decoder_change": float(np.quantile(change, quantile)),
             "relative_norm_high": float(np.quantile(rel, quantile)), "relative_norm_low": float(np.quantile(rel, 1 - quantile)),
+            "relative_norm_median": float(np.median(rel)),
             "max_decoder_change": float(change.max()), "max_relative_norm": float(rel.max()), "min_relative_norm": float(rel.min())}
 
 
-def above_null(change, rel, thr: dict) -> np.ndarray:
-    "Per latent: its decoder change or relative norm lies beyond the null's thresholds (`null_thresholds`)."
-    change, rel = np.asarray(change), np.asarray(rel)
+def recentre(rel, thr: dict, median: float | None = None) -> np.ndarray:
+    "`rel` shifted by the null's median relative norm minus `median` (unchanged without `median`)."
+    rel = np.asarray(rel, dtype=float)
+    return rel if median is None else rel - median + thr.get("relative_norm_median", median)
+
+
+def above_null(change, rel, thr: dict, median: float | None = None) -> np.ndarray:
+    """Per latent: its decoder change or relative norm lies beyond the null's thresholds (`null_thresholds`). With
+    `median` (the tested crosscoder's median relative norm) the relative norms are first shifted so that their median
+    is the null's: a difference of scale between the two models moves every latent alike and is no latent's change."""
+    change, rel = np.asarray(change), recentre(rel, thr, median)
     return (change > thr["decoder_change"]) | (rel > thr["relative_norm_high"]) | (rel < thr["relative_norm_low"])
 
 # %% ../nbs/08b1_diff_calibration.ipynb #1d0c4463
@@ -118,8 +128,9 @@ PLANT_COSINE = 0.5
 def find_plant(cc, direction, thr: dict) -> dict:
     """Where planted `direction` landed. A latent carries it when its tuned decoder lies at cosine ≥ `PLANT_COSINE`
     with it (a latent of its own) or its decoder change does (a shared latent that writes it on top); the plant is
-    `found` when such a latent is beyond the null on the tuned side: relative norm above the null's
-    `relative_norm_high` (own latent) or decoder change above its `decoder_change` (shared latent). Keys: `latent`
+    `found` when such a latent is beyond the null on the tuned side: relative norm (re-centred, `recentre`, on the
+    median of `cc`'s) above the null's `relative_norm_high` (own latent) or decoder change above its
+    `decoder_change` (shared latent). Keys: `latent`
     (the found one, else the closest), `cosine`, `via` (`tuned decoder` or `decoder change`), `relative_norm`,
     `decoder_change`, `class`, `n_close` (latents at cosine ≥ `PLANT_COSINE` either way), `found`."""
     from rewardsae.crosscoder import latent_classes
@@ -129,7 +140,7 @@ def find_plant(cc, direction, thr: dict) -> dict:
     cos_t = ((W[:, 1] @ u) / W[:, 1].norm(dim=1).clamp_min(1e-12)).numpy()
     cos_d = ((delta @ u) / delta.norm(dim=1).clamp_min(1e-12)).numpy()
     rel = cc.relative_norm().numpy()
-    hit_t = (cos_t >= PLANT_COSINE) & (rel > thr["relative_norm_high"])
+    hit_t = (cos_t >= PLANT_COSINE) & (recentre(rel, thr, float(np.median(rel))) > thr["relative_norm_high"])
     hit_d = (cos_d >= PLANT_COSINE) & (change > thr["decoder_change"])
     cos = np.maximum(cos_t, cos_d)
     hit = hit_t | hit_d

@@ -288,7 +288,7 @@ def stage_model_diff(p, run, acts: dict, saes: dict, layers: list[int], cc_size:
     import matplotlib.pyplot as plt
     from rewardsae.batchtopk import load_any_sae, save_batchtopk
     from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
-    from rewardsae.diff_calibration import PLANT_COSINE, calibrate_layer
+    from rewardsae.diff_calibration import PLANT_COSINE, calibrate_layer, recentre
     from rewardsae.examples import encode_features, feature_examples_many
     from rewardsae.explain import explain_features
     from rewardsae.pipeline import (activation_store, heldout_split, load_model, make_explainer, report_progress,
@@ -327,10 +327,11 @@ def stage_model_diff(p, run, acts: dict, saes: dict, layers: list[int], cc_size:
             save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": p.hook})
             save_batchtopk(r["diff_sae"], folder / f"diff_sae-L{layer}", metadata={"hook_layer": layer, "model_name": "tuned - base"})
             thr = cal["null"]
-            lat = r["latents"].assign(live=lambda d: d.freq >= min_freq,
-                                      change_above=lambda d: d.decoder_change > thr["decoder_change"],
-                                      rel_above=lambda d: d.relative_norm > thr["relative_norm_high"],
-                                      rel_below=lambda d: d.relative_norm < thr["relative_norm_low"])
+            lat = r["latents"].assign(live=lambda d: d.freq >= min_freq)
+            med = float(lat.relative_norm[lat.live].median()) if lat.live.any() else 0.5
+            rel_c = recentre(lat.relative_norm, thr, med)       # a scale difference between the models moves all alike
+            lat = lat.assign(change_above=lat.decoder_change > thr["decoder_change"],
+                             rel_above=rel_c > thr["relative_norm_high"], rel_below=rel_c < thr["relative_norm_low"])
             lat["above_null"] = lat.live & (lat.change_above | lat.rel_above | lat.rel_below)
             lat.to_csv(folder / f"latents-L{layer}.csv", index=False)
             r["scaling"].to_csv(folder / f"latent_scaling-L{layer}.csv", index=False)
@@ -344,6 +345,7 @@ def stage_model_diff(p, run, acts: dict, saes: dict, layers: list[int], cc_size:
                            "n_above_null_max": int((live.decoder_change > thr["max_decoder_change"]).sum()),
                            "expected_by_chance": round(len(live) * (1 - null_quantile), 1),
                            "max_decoder_change": float(live.decoder_change.max()) if len(live) else 0.0,
+                           "relative_norm_median": med,
                            "max_relative_norm": float(live.relative_norm.max()) if len(live) else 0.5,
                            "min_relative_norm": float(live.relative_norm.min()) if len(live) else 0.5}
             pick = changed_table(lat, top_diff)
@@ -372,7 +374,8 @@ def stage_model_diff(p, run, acts: dict, saes: dict, layers: list[int], cc_size:
                           "null": f"the crosscoder retrained on base + RL's per-token differences shuffled across tokens; "
                                   f"a live latent (held-out frequency >= {min_freq:g}) is changed when its decoder change "
                                   f"is above the null's {null_quantile:g} quantile or its relative norm outside the null's "
-                                  f"[{1 - null_quantile:g}, {null_quantile:g}] quantiles",
+                                  f"[{1 - null_quantile:g}, {null_quantile:g}] quantiles (relative norms re-centred on the "
+                                  "null's median: a scale difference between the models moves every latent alike)",
                           "planted": f"one feature per strength (x RL's mean per-token change ||x_tuned - x_base||), each on "
                                      f"random words covering {plant_frac:g} of the training tokens, all in one retraining; "
                                      f"found when a latent with tuned decoder (or decoder change) at cosine >= {PLANT_COSINE} "
@@ -399,7 +402,7 @@ def _verdict(layer: str, cal: dict) -> str:
                  f"null**: {real['n_change_above']} change their decoder more than the null's {pct} "
                  f"({thr['decoder_change']:.3f}; {real['n_above_null_max']} more than any null latent, max "
                  f"{real['max_decoder_change']:.3f} against the null's {thr['max_decoder_change']:.3f}), "
-                 f"{real['n_rel_above']} / {real['n_rel_below']} have a relative norm above / below the null's range "
+                 f"{real['n_rel_above']} / {real['n_rel_below']} have a relative norm (re-centred) above / below the null's range "
                  f"[{thr['relative_norm_low']:.3f}, {thr['relative_norm_high']:.3f}] (by chance about "
                  f"{real['expected_by_chance']:g} per criterion)")
     else:

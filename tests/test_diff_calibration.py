@@ -58,6 +58,9 @@ def test_null_thresholds_and_a_plant_found_either_way():
     assert thr["relative_norm_high"] == pytest.approx(np.quantile([.5, .5, .5, .6], .75))
     assert thr["decoder_change"] == pytest.approx(np.quantile([0, 0, 0, .2], .75)) and thr["max_decoder_change"] == pytest.approx(.2)
     assert above_null([0.0, 0.3], [0.5, 0.5], thr).tolist() == [False, True]
+    # every latent of a crosscoder at 0.46 (one model's scale moved all alike): re-centred on the null's median 0.5, none stands out
+    assert thr["relative_norm_median"] == 0.5 and above_null([0.0, 0.0], [0.46, 0.46], thr).tolist() == [True, True]
+    assert above_null([0.0, 0.0], [0.46, 0.56], thr, median=0.46).tolist() == [False, True]
     u = e[3].numpy()
     own = _cc(e[[0, 1]], torch.stack([e[0], 3 * e[3]]))                             # latent 1: its own tuned latent along u
     r = find_plant(own, u, thr)
