@@ -357,7 +357,7 @@ def latent_scaling(cc: BatchTopKCrosscoder, x_base, x_tuned, latents, batch_size
         for m in (0, 1):
             err = xs[:, m] - rec[:, m]                        # (B × d)
             dy_eps = err @ D.T + fj * (W3[latents, m] * D).sum(1)   # d·(err + f_j d_j,m), per token and latent
-            dy_r = torch.einsum("bd,ld->bl", rec[:, m] - cc.b_dec.view(2, -1)[m], D)
+            dy_r = rec[:, m] @ D.T                            # d·x̂_m, the decoder bias included
             num[m] += (fj * dy_eps).sum(0).double()
             num[2 + m] += (fj * dy_r).sum(0).double()
         ff += fj.pow(2).sum(0).double()

@@ -10,6 +10,7 @@ of tokens and write one direction) and check that divergence finds the layer and
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .models import arch, mlp
 
 # %% auto #0
 __all__ = ['SCAN_R', 'SCAN_MIN_FIRING', 'PairedRows', 'difference', 'reward_scan', 'plant_feature', 'decoder_change',
-           'planted_match', 'diff_layer']
+           'planted_match', 'diff_layer', 'changed_table', 'stage_model_diff', 'model_diff_section']
 
 # %% ../nbs/08b_model_diff.ipynb #60a2d9bd
 class PairedRows:
@@ -198,18 +199,20 @@ def diff_layer(x_base, x_tuned, split: int, utility, d_sae: int, k: float = 32, 
                batch_size: int = 512, seed: int = 0, diff_k: float = 8, diff_lr: float = 3e-3, saes: dict | None = None,
                name: str = "", progress: bool = True, compute_dtype: str = "float32") -> dict:
     """Model diffing at one layer. Rows before `split` train, rows after it are held out; `utility` per row.
-    Returns `{"crosscoder", "diff_sae", "summary", "latents", "scaling", "scan"}`: the two dictionaries, a summary
+    Returns `{"crosscoder", "diff_sae", "summary", "latents", "scaling", "scan", "train"}`: the two dictionaries, a summary
     dict, the crosscoder's per-latent table (relative norm, class, decoder change, held-out frequency, utility r),
     Latent Scaling of its tuned-only and tuned-leaning latents, and the reward-scan counts per dictionary (`saes`: more
     {name: sae} to scan on the matching model's held-out rows, names starting with `base` or `tuned`). `compute_dtype`:
-    of both trainings (`float32`, `bfloat16` or `auto`)."""
+    of both trainings (`float32`, `bfloat16` or `auto`). `train`: the crosscoder's training call itself
+    (`train(x_base, x_tuned, name=...)`), for calibrating it on other data (chapter 8b1)."""
     from rewardsae.batchtopk import train_batchtopk
     from rewardsae.crosscoder import evaluate_crosscoder, latent_classes, latent_scaling, train_crosscoder
     from rewardsae.sae_eval import heldout_metrics
     xb_tr, xt_tr, xb_he, xt_he = x_base[:split], x_tuned[:split], x_base[split:], x_tuned[split:]
     u = np.asarray(utility)[split:]
-    cc, _ = train_crosscoder(xb_tr, xt_tr, d_sae, k=k, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                             name=f"crosscoder {name}", progress=progress, compute_dtype=compute_dtype)
+    train = partial(train_crosscoder, d_sae=d_sae, k=k, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                    progress=progress, compute_dtype=compute_dtype)
+    cc, _ = train(xb_tr, xt_tr, name=f"crosscoder {name}")
     metrics, freq = evaluate_crosscoder(cc, xb_he, xt_he)
     rel = cc.relative_norm().numpy()
     classes = latent_classes(rel, freq)
@@ -248,4 +251,208 @@ def diff_layer(x_base, x_tuned, split: int, utility, d_sae: int, k: float = 32, 
                "tuned_only_fail_scaling": int((~scaling.passes.astype(bool)).sum()) if len(scaling) else 0,
                "diff_sae": {k2: float(v) for k2, v in dmet.items() if isinstance(v, (int, float, np.floating))}}
     return {"crosscoder": cc, "diff_sae": dsae, "summary": summary, "latents": latents, "scaling": scaling,
-            "scan": pd.DataFrame(scan)}
+            "scan": pd.DataFrame(scan), "train": train}
+
+# %% ../nbs/08b_model_diff.ipynb #0120f7db
+def _word_tokens(tok, token_ids) -> np.ndarray:
+    "The token ids among `token_ids` that are a whole word: a space and at least three letters."
+    ids = np.unique(np.asarray(token_ids))
+    return np.array([t for t in ids if (s := tok.decode([int(t)])).startswith(" ") and len(s) >= 4 and s[1:].isalpha()],
+                    dtype=np.int64)
+
+
+def changed_table(lat: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """The latents the report lists, from `diff_layer`'s per-latent table with the boolean columns `live`,
+    `change_above`, `rel_above` and `rel_below` (beyond the null's thresholds, chapter 8b1): `tuned_only`
+    and `tuned_leaning` by class (the `top` with most tuned write / highest relative norm), then the live latents
+    beyond the null not listed yet: `tuned_side` (relative norm above the null's range, `top` highest), `base_side`
+    (below it) and `changed` (the `top` largest decoder changes above the null's threshold)."""
+    tuned_only = lat[lat["class"] == "tuned_only"].nlargest(top, "tuned_write").assign(kind="tuned_only")
+    leaning = lat[lat["class"] == "tuned_leaning"].nlargest(top, "relative_norm").assign(kind="tuned_leaning")
+    rest = lat[~lat["class"].isin(["tuned_only", "tuned_leaning"]) & lat.live]
+    tuned_side = rest[rest.rel_above].nlargest(top, "relative_norm").assign(kind="tuned_side")
+    base_side = rest[rest.rel_below].nsmallest(top, "relative_norm").assign(kind="base_side")
+    rest = rest[~rest.rel_above & ~rest.rel_below]
+    changed = rest[rest.change_above].nlargest(top, "decoder_change").assign(kind="changed")
+    return pd.concat([tuned_only, leaning, tuned_side, base_side, changed])
+
+# %% ../nbs/08b_model_diff.ipynb #5f2fd2be
+def stage_model_diff(p, run, acts: dict, saes: dict, layers: list[int], cc_size: int = 4, diff_k: float = 8,
+                     cc_lr: float = 1e-3, top_diff: int = 10, strengths=(0.5, 1, 2, 4, 8), null_quantile: float = 0.99,
+                     plant_frac: float = 0.005, min_freq: float = 1e-3):
+    """Crosscoder, diff-SAE, latent classes, Latent Scaling and the reward scan at each selected layer, **calibrated**
+    (`rewardsae.diff_calibration`): the crosscoder's own training call run again on the shuffled-difference null
+    (thresholds at its `null_quantile`) and on the tuned activations with a planted feature per `strengths` (× RL's
+    mean per-token change, each on words covering `plant_frac` of the tokens). A latent is reported as changed when
+    it is beyond the null; tables of those latents."""
+    import matplotlib.pyplot as plt
+    from rewardsae.batchtopk import load_any_sae, save_batchtopk
+    from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
+    from rewardsae.diff_calibration import PLANT_COSINE, calibrate_layer, recentre
+    from rewardsae.examples import encode_features, feature_examples_many
+    from rewardsae.explain import explain_features
+    from rewardsae.pipeline import (activation_store, heldout_split, load_model, make_explainer, report_progress,
+                                    run_dtype)
+    from rewardsae.scores import token_word_utilities
+    from rewardsae.stages import cached_stage
+    strengths = [float(s) for s in strengths]
+    if not strengths or min(strengths) <= 0:
+        raise ValueError(f"strengths must be positive numbers, got {strengths!r}")
+    if not 0.5 < null_quantile < 1:
+        raise ValueError(f"null_quantile must be in (0.5, 1), got {null_quantile!r}")
+    seed = p.sae_seeds[0]
+    large = {(r, l): saes[(r, l, "large", seed)] for r in ("base", "rlhf") for l in layers}
+    dtype = run_dtype(p)
+    def compute(folder):
+        sb, st = activation_store(acts["base"]), activation_store(acts["rlhf"])
+        split = heldout_split(sb, p.heldout_frac)
+        tok = load_model(p.model)[1]
+        u = token_word_utilities(sb.token_id, sb.doc, tok, pos=sb.pos)
+        words = _word_tokens(tok, sb.token_id[:split])
+        explainer = make_explainer(p)
+        out, rels, scans, tables = {}, {}, [], []
+        for i, layer in enumerate(layers):
+            report_progress(run, part=f"layer {layer}", part_done=i, part_total=len(layers))
+            xb, xt = paired_activations(sb, st, layer)
+            r = diff_layer(xb, xt, split, u, cc_size * xb.shape[1], k=p.topk_k, lr=cc_lr, epochs=p.sae_epochs,
+                           batch_size=p.sae_batch_size, seed=seed, diff_k=diff_k, diff_lr=cc_lr, name=f"L{layer}",
+                           compute_dtype=dtype,
+                           saes={"base SAE": load_any_sae(large[("base", layer)].folder / "sae"),
+                                 "tuned SAE": load_any_sae(large[("rlhf", layer)].folder / "sae")}, progress=False)
+            report_progress(run, part=f"layer {layer}: null and planted features", part_done=i, part_total=len(layers))
+            cal, _ = calibrate_layer(lambda a, b, nm: r["train"](a, b, name=f"crosscoder L{layer} {nm}")[0],
+                                     xb[:split], xt[:split], sb.token_id[:split], heldout=(xb[split:], xt[split:]),
+                                     strengths=strengths, quantile=null_quantile, plant_frac=plant_frac,
+                                     min_freq=min_freq, candidates=words, seed=seed)
+            save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": p.hook})
+            save_batchtopk(r["diff_sae"], folder / f"diff_sae-L{layer}", metadata={"hook_layer": layer, "model_name": "tuned - base"})
+            thr = cal["null"]
+            lat = r["latents"].assign(live=lambda d: d.freq >= min_freq)
+            med = float(lat.relative_norm[lat.live].median()) if lat.live.any() else 0.5
+            rel_c = recentre(lat.relative_norm, thr, med)       # a scale difference between the models moves all alike
+            lat = lat.assign(change_above=lat.decoder_change > thr["decoder_change"],
+                             rel_above=rel_c > thr["relative_norm_high"], rel_below=rel_c < thr["relative_norm_low"])
+            lat["above_null"] = lat.live & (lat.change_above | lat.rel_above | lat.rel_below)
+            lat.to_csv(folder / f"latents-L{layer}.csv", index=False)
+            r["scaling"].to_csv(folder / f"latent_scaling-L{layer}.csv", index=False)
+            pd.DataFrame(cal["plants"]).to_csv(folder / f"planted-L{layer}.csv", index=False)
+            rels[f"layer {layer}"] = lat.relative_norm[lat.freq > 0].to_numpy()
+            scans.append(r["scan"].assign(layer=layer))
+            live = lat[lat.live]
+            cal["real"] = {"n_live": len(live), "n_above": int(live.above_null.sum()),
+                           "n_change_above": int(live.change_above.sum()), "n_rel_above": int(live.rel_above.sum()),
+                           "n_rel_below": int(live.rel_below.sum()),
+                           "n_above_null_max": int((live.decoder_change > thr["max_decoder_change"]).sum()),
+                           "expected_by_chance": round(len(live) * (1 - null_quantile), 1),
+                           "max_decoder_change": float(live.decoder_change.max()) if len(live) else 0.0,
+                           "relative_norm_median": med,
+                           "max_relative_norm": float(live.relative_norm.max()) if len(live) else 0.5,
+                           "min_relative_norm": float(live.relative_norm.min()) if len(live) else 0.5}
+            pick = changed_table(lat, top_diff)
+            if len(pick):
+                feats = pick.latent.tolist()
+                F = encode_features(r["crosscoder"].encode, PairedRows(xb, xt), features=feats, progress=False)
+                ex = feature_examples_many(F, sb.doc, sb.pos, sb.token_id, tok, features=feats, seed=seed, progress=False)
+                desc = explain_features(explainer, ex, progress=False, min_firing_docs=1).set_index("feature")
+                pick = pick.assign(layer=layer, description=[desc.description.get(f, "") for f in feats],
+                                   status=[desc.status.get(f, "") for f in feats])
+                pick = pick.merge(r["scaling"][["latent", "nu_eps", "nu_r", "passes"]], on="latent", how="left")
+                tables.append(pick)
+            out[str(layer)] = {**r["summary"], "calibration": cal}
+        plt.close(plot_relative_norms(rels, path=folder / "relative_norms"))
+        scan = pd.concat(scans, ignore_index=True)
+        scan.to_csv(folder / "reward_scan.csv", index=False)
+        cols = ["layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "passes", "freq", "r",
+                "mean_u_firing", "description"]
+        table = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
+        table.to_csv(folder / "changed_latents.csv", index=False)
+        return {"layers": out, "reward_scan": scan.to_dict("records"), "changed_latents": table.to_dict("records"),
+                "rules": {"classes": "tuned-only > 0.9, tuned-leaning 0.7-0.9, shared 0.4-0.6, base-leaning 0.1-0.3, "
+                                     "base-only < 0.1 (relative decoder norm)",
+                          "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3 (reconstruction target with the decoder bias)",
+                          "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens",
+                          "null": f"the crosscoder retrained on base + RL's per-token differences shuffled across tokens; "
+                                  f"a live latent (held-out frequency >= {min_freq:g}) is changed when its decoder change "
+                                  f"is above the null's {null_quantile:g} quantile or its relative norm outside the null's "
+                                  f"[{1 - null_quantile:g}, {null_quantile:g}] quantiles (relative norms re-centred on the "
+                                  "null's median: a scale difference between the models moves every latent alike)",
+                          "planted": f"one feature per strength (x RL's mean per-token change ||x_tuned - x_base||), each on "
+                                     f"random words covering {plant_frac:g} of the training tokens, all in one retraining; "
+                                     f"found when a latent with tuned decoder (or decoder change) at cosine >= {PLANT_COSINE} "
+                                     "to the planted direction is beyond the null on the tuned side"}}
+    key = {"version": 2, "layers": list(layers), "size": cc_size, "k": p.topk_k, "lr": cc_lr, "diff_k": diff_k,
+           "diff_lr": cc_lr, "epochs": p.sae_epochs, "adam": "fused", "batch_size": p.sae_batch_size,
+           "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": top_diff, "classes": CLASS_THRESHOLDS,
+           "latent_scaling": "with b_dec", "strengths": strengths, "null_quantile": null_quantile, "plant_frac": plant_frac,
+           "min_freq": min_freq, **({"compute_dtype": dtype} if dtype != "float32" else {})}
+    return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
+
+# %% ../nbs/08b_model_diff.ipynb #86d328d9
+def _rows(rows: list[dict]) -> list[dict]:
+    "Rows without the values that could not be computed (NaN, None): the report prints no `nan`."
+    return [{k: ("" if v is None or (isinstance(v, float) and v != v) else v) for k, v in r.items()} for r in rows]
+
+
+def _verdict(layer: str, cal: dict) -> str:
+    "One layer's verdict in plain words, from its null and its planted features."
+    thr, real, q = cal["null"], cal["real"], cal["null"]["quantile"]
+    pct = f"{100 * q:g}th percentile"
+    if real["n_above"]:
+        found = (f"**{real['n_above']} of its {real['n_live']} live crosscoder latents lie beyond the shuffled-difference "
+                 f"null**: {real['n_change_above']} change their decoder more than the null's {pct} "
+                 f"({thr['decoder_change']:.3f}; {real['n_above_null_max']} more than any null latent, max "
+                 f"{real['max_decoder_change']:.3f} against the null's {thr['max_decoder_change']:.3f}), "
+                 f"{real['n_rel_above']} / {real['n_rel_below']} have a relative norm (re-centred) above / below the null's range "
+                 f"[{thr['relative_norm_low']:.3f}, {thr['relative_norm_high']:.3f}] (by chance about "
+                 f"{real['expected_by_chance']:g} per criterion)")
+    else:
+        found = (f"**no live crosscoder latent lies beyond the shuffled-difference null's {pct}** (decoder change "
+                 f"{thr['decoder_change']:.3f}, relative norm [{thr['relative_norm_low']:.3f}, {thr['relative_norm_high']:.3f}])")
+    tried = ", ".join(f"{p['strength']:g}×" for p in cal["plants"])
+    lim = cal["detection_limit"]
+    det = (f"the stage detects a planted feature down to **{lim:g}× RL's mean per-token change** (‖x_tuned − x_base‖ "
+           f"{cal['rl_mean_change']:.3g}; strengths tried {tried})" if lim is not None else
+           f"the stage **does not detect a planted feature at any strength tried** ({tried} RL's mean per-token change "
+           f"‖x_tuned − x_base‖ {cal['rl_mean_change']:.3g})")
+    return f"At layer {layer}, {found}; {det}."
+
+
+def model_diff_section(result: dict, params=None) -> str:
+    "The report's section on model diffing (chapters 8a, 8b, 8b1): verdict from the null and the planted features first."
+    md = result
+    cals = {l: r["calibration"] for l, r in md["layers"].items() if "calibration" in r}
+    verdict = " ".join(_verdict(l, c) for l, c in cals.items())
+    null = [{"layer": l, "null_q": c["null"]["quantile"], "null_change": c["null"]["decoder_change"],
+             "null_max_change": c["null"]["max_decoder_change"], "null_rel_low": c["null"]["relative_norm_low"],
+             "null_rel_high": c["null"]["relative_norm_high"], "null_live": c["null"]["n_live"], "live": c["real"]["n_live"],
+             "above_null": c["real"]["n_above"], "change_above": c["real"]["n_change_above"],
+             "above_null_max": c["real"]["n_above_null_max"], "rel_above": c["real"]["n_rel_above"],
+             "rel_below": c["real"]["n_rel_below"], "max_change": c["real"]["max_decoder_change"],
+             "seconds_null": c["seconds"]["null"], "seconds_planted": c["seconds"]["planted"]} for l, c in cals.items()]
+    plants = [{"layer": l, **{k: p[k] for k in ("strength", "write_norm", "n_words", "n_rows", "found", "latent", "via",
+                                                  "cosine", "relative_norm", "decoder_change", "class")}}
+              for l, c in cals.items() for p in c["plants"]]
+    rows = [{"layer": l, **{f"cc_{k}": v for k, v in r["crosscoder"].items() if k in ("fvu_base", "fvu_tuned", "l0", "dead_frac")},
+             **r["classes"], "scaling_pass": r["tuned_only_pass_scaling"], "scaling_fail": r["tuned_only_fail_scaling"],
+             "diff_sae_fvu": r["diff_sae"].get("fvu")} for l, r in md["layers"].items()]
+    scan = [{k: r[k] for k in ("layer", "dictionary", "n_latents", "n_alive", "n_tracks", "max_abs_r")} for r in md["reward_scan"]]
+    ch = [{k: r.get(k) for k in ("layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "freq", "r",
+                                  "mean_u_firing", "description")} for r in md["changed_latents"]]
+    rules = md["rules"]
+    return "\n".join([
+        "\n## Model diffing: crosscoder, diff-SAE and the reward scan (held-out reviews)\n",
+        verdict + "\n" if verdict else "",
+        f"Null: {rules['null']}. Planted: {rules['planted']}.\n" if "null" in rules else "",
+        _table(_rows(null)) if null else "", "\n### Planted features (known answers at the stage's own settings)\n" if plants else "",
+        _table(_rows(plants)) if plants else "",
+        "\n### Crosscoder classes\n",
+        f"Rules: classes by {rules['classes']}; Latent Scaling {rules['latent_scaling']}; a latent tracks the "
+        f"reward when {rules['tracks_reward']}.\n", _table(_rows(rows)),
+        "\n### Reward scan over every latent\n", _table(_rows(scan)),
+        "\n### Latents beyond the null (tuned-only, tuned-leaning, tuned/base side, most changed)\n", _table(_rows(ch))])
+
+
+def _table(rows: list[dict], floatfmt: str = ".3f") -> str:
+    "A markdown table of `rows`."
+    from rewardsae.scores import to_markdown
+    return to_markdown(pd.DataFrame(rows), floatfmt) + "\n" if rows else "_none_\n"
