@@ -25,6 +25,7 @@ def render(root: Path = ROOT) -> str:
     verdict = report.split("## What this run found\n", 1)[1].split("\n## ", 1)[0].strip()
     text = (root / "docs" / "README.template.md").read_text()
     text = text.replace("{{verdict}}", verdict)
+    text = text.replace("{{stage_minutes}}", f"{sum(summary['timings'].values()) / 60:.0f}")
     def one(m):
         path, _, fmt = m.group(1).partition("|")
         return format(value(summary, path), fmt)

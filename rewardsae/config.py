@@ -33,7 +33,7 @@ SAE_ARCHS = ("l1", "batchtopk")
 ANALYSIS_PRESETS = {
     "paper": dict(n_docs=2000, max_length=256, sae_seeds=[0, 1, 2], sae_epochs=3, sae_batch_size=4096, sae_lr=1e-3, l1_coef=1e-3,
                   sae_arch="l1", topk_k=32, topk_lr=None, diff_layers=2, n_layers=5),
-    "cpu":   dict(n_docs=400, tokens=500_000, max_length=128, sae_seeds=[0], sae_epochs=1, sae_batch_size=1024, sae_lr=1e-2,
+    "cpu":   dict(n_docs=400, tokens=250_000, max_length=128, sae_seeds=[0], sae_epochs=1, sae_batch_size=1024, sae_lr=1e-2,
                   l1_coef=1e-3, sae_arch="batchtopk", topk_k=62, topk_lr=6e-3, diff_layers=1, n_layers=3, large_epochs=2),
     "smoke": dict(n_docs=24, max_length=32, sae_seeds=[0], sae_epochs=1, sae_batch_size=64, sae_lr=1e-3, l1_coef=1e-3,
                   sae_arch="l1", topk_k=32, topk_lr=3e-3, diff_layers=2, n_layers=5),
@@ -63,7 +63,7 @@ class RunParams:
     sae_arch: str | None = None       # l1: the paper's tied ReLU + L1 SAE | batchtopk: BatchTopK (Bussmann et al. 2024); empty: the preset's
     topk_k: int | None = None         # batchtopk: active latents per token (on average over a batch); empty: the preset's
     topk_lr: float | None = None      # batchtopk: Adam lr (empty: the preset's; paper preset: Gao et al.'s scaling rule)
-    tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs; cpu preset: 500,000 unless n_docs is given)
+    tokens: int | None = None         # token budget per (model, layer): reviews are added until it is met (overrides n_docs; cpu preset: 250,000 unless n_docs is given)
     compute_dtype: str = "auto"       # harvest, dictionary and probe products: float32 | bfloat16 | auto (bf16 only where measured faster)
     k_features: int = 10              # top features per layer to explain (App. E)
     k_table3: int = 30                # top features per layer for Table 3

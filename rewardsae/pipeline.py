@@ -18,10 +18,10 @@ from .config import _plain
 from .stages import Stage, cached_stage
 
 # %% auto #0
-__all__ = ['OUTPUT_DOCS', 'SIZES', 'PCA_ROWS', 'LR_DECAY', 'CC_SIZE', 'DIFF_K', 'CC_LR', 'TOP_DIFF', 'L1_SWEEP', 'STAGES',
-           'stage_policy', 'stage_divergence', 'stage_activations', 'stage_sae', 'stage_saes', 'stage_sae_figures',
-           'stage_mmcs', 'top_table', 'stage_explanations', 'stage_table3', 'stage_table4', 'stage_model_diff',
-           'stage_ablations', 'StageSpec', 'selected_layers', 'whole', 'check_before_work', 'run_all']
+__all__ = ['OUTPUT_DOCS', 'SIZES', 'PCA_ROWS', 'LR_DECAY', 'L1_SWEEP', 'STAGES', 'stage_policy', 'stage_divergence',
+           'stage_activations', 'stage_sae', 'stage_saes', 'stage_sae_figures', 'stage_mmcs', 'top_table',
+           'stage_explanations', 'stage_table3', 'stage_table4', 'stage_ablations', 'StageSpec', 'selected_layers',
+           'whole', 'check_before_work', 'run_all']
 
 # %% ../nbs/14_pipeline.ipynb #7f50ab83
 def stage_policy(p: RunParams, run: Path) -> Stage:
@@ -329,77 +329,6 @@ def stage_table4(p: RunParams, run: Path, policy: Stage) -> Stage:
     return cached_stage(run, "table4", {"n": p.n_completions, "seed": p.seed, "sentiment": p.preset != "smoke", "paired": True},
                         compute, deps=(policy,))
 
-# %% ../nbs/14_pipeline.ipynb #be776d1e
-CC_SIZE, DIFF_K, CC_LR, TOP_DIFF = 4, 8, 1e-3, 10
-
-
-def stage_model_diff(p: RunParams, run: Path, acts: dict[str, Stage], saes: dict[tuple, Stage], layers: list[int]) -> Stage:
-    "Crosscoder, diff-SAE, latent classes, Latent Scaling and the reward scan at each selected layer; tables of changed latents."
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    from rewardsae.batchtopk import load_any_sae, save_batchtopk
-    from rewardsae.crosscoder import CLASS_THRESHOLDS, paired_activations, plot_relative_norms, save_crosscoder
-    from rewardsae.examples import encode_features, feature_examples_many
-    from rewardsae.explain import explain_features
-    from rewardsae.model_diff import PairedRows, diff_layer
-    from rewardsae.scores import token_word_utilities
-    seed = p.sae_seeds[0]
-    large = {(r, l): saes[(r, l, "large", seed)] for r in ("base", "rlhf") for l in layers}
-    dtype = run_dtype(p)
-    def compute(folder):
-        sb, st = activation_store(acts["base"]), activation_store(acts["rlhf"])
-        split = heldout_split(sb, p.heldout_frac)
-        tok = load_model(p.model)[1]
-        u = token_word_utilities(sb.token_id, sb.doc, tok, pos=sb.pos)
-        explainer = make_explainer(p)
-        out, rels, scans, tables = {}, {}, [], []
-        for i, layer in enumerate(layers):
-            report_progress(run, part=f"layer {layer}", part_done=i, part_total=len(layers))
-            xb, xt = paired_activations(sb, st, layer)
-            r = diff_layer(xb, xt, split, u, CC_SIZE * xb.shape[1], k=p.topk_k, lr=CC_LR, epochs=p.sae_epochs,
-                           batch_size=p.sae_batch_size, seed=seed, diff_k=DIFF_K, diff_lr=CC_LR, name=f"L{layer}",
-                           compute_dtype=dtype,
-                           saes={"base SAE": load_any_sae(large[("base", layer)].folder / "sae"),
-                                 "tuned SAE": load_any_sae(large[("rlhf", layer)].folder / "sae")}, progress=False)
-            save_crosscoder(r["crosscoder"], folder / f"crosscoder-L{layer}", metadata={"hook_layer": layer, "hook": p.hook})
-            save_batchtopk(r["diff_sae"], folder / f"diff_sae-L{layer}", metadata={"hook_layer": layer, "model_name": "tuned - base"})
-            lat = r["latents"]
-            lat.to_csv(folder / f"latents-L{layer}.csv", index=False)
-            r["scaling"].to_csv(folder / f"latent_scaling-L{layer}.csv", index=False)
-            rels[f"layer {layer}"] = lat.relative_norm[lat.freq > 0].to_numpy()
-            scans.append(r["scan"].assign(layer=layer))
-            tuned_only = lat[lat["class"] == "tuned_only"].nlargest(TOP_DIFF, "tuned_write").assign(kind="tuned_only")
-            leaning = lat[lat["class"] == "tuned_leaning"].nlargest(TOP_DIFF, "relative_norm").assign(kind="tuned_leaning")
-            changed = lat[~lat["class"].isin(["tuned_only", "tuned_leaning"]) & (lat.freq >= 1e-3)].nlargest(
-                TOP_DIFF, "decoder_change").assign(kind="changed")
-            pick = pd.concat([tuned_only, leaning, changed])
-            if len(pick):
-                feats = pick.latent.tolist()
-                F = encode_features(r["crosscoder"].encode, PairedRows(xb, xt), features=feats, progress=False)
-                ex = feature_examples_many(F, sb.doc, sb.pos, sb.token_id, tok, features=feats, seed=seed, progress=False)
-                desc = explain_features(explainer, ex, progress=False, min_firing_docs=1).set_index("feature")
-                pick = pick.assign(layer=layer, description=[desc.description.get(f, "") for f in feats],
-                                   status=[desc.status.get(f, "") for f in feats])
-                pick = pick.merge(r["scaling"][["latent", "nu_eps", "nu_r", "passes"]], on="latent", how="left")
-                tables.append(pick)
-            out[str(layer)] = r["summary"]
-        plt.close(plot_relative_norms(rels, path=folder / "relative_norms"))
-        scan = pd.concat(scans, ignore_index=True)
-        scan.to_csv(folder / "reward_scan.csv", index=False)
-        cols = ["layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "passes", "freq", "r",
-                "mean_u_firing", "description"]
-        table = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
-        table.to_csv(folder / "changed_latents.csv", index=False)
-        return {"layers": out, "reward_scan": scan.to_dict("records"), "changed_latents": table.to_dict("records"),
-                "rules": {"classes": "tuned-only > 0.9, tuned-leaning 0.7-0.9, shared 0.4-0.6, base-leaning 0.1-0.3, "
-                                     "base-only < 0.1 (relative decoder norm)",
-                          "latent_scaling": "passes when |nu_eps| and |nu_r| < 0.3",
-                          "tracks_reward": "|r| >= 0.1 with token utility and >= 20 firing held-out tokens"}}
-    key = {"layers": list(layers), "size": CC_SIZE, "k": p.topk_k, "lr": CC_LR, "diff_k": DIFF_K, "diff_lr": CC_LR, "epochs": p.sae_epochs, "adam": "fused",
-           "batch_size": p.sae_batch_size, "heldout_frac": p.heldout_frac, "explainer": p.explainer, "top": TOP_DIFF,
-           "classes": CLASS_THRESHOLDS, **({"compute_dtype": dtype} if dtype != "float32" else {})}
-    return cached_stage(run, "model_diff", key, compute, deps=(acts["base"], acts["rlhf"], *large.values()))
-
 # %% ../nbs/14_pipeline.ipynb #25dab352
 L1_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
@@ -471,7 +400,7 @@ def whole(key: str) -> Callable[[Any], dict]:
     return lambda s: {key: s.result if s is not None else None}
 
 # %% ../nbs/14_pipeline.ipynb #ccc78246
-from . import causal, dashboard, divergence, probe_baselines, report as R, sae_eval, what_changed
+from . import causal, dashboard, divergence, model_diff, probe_baselines, report as R, sae_eval, what_changed
 
 STAGES = [
     StageSpec("policy", lambda p, run, st: stage_policy(p, run), whole("policy"),
@@ -501,8 +430,9 @@ STAGES = [
               R.table3_section, cpu_seconds=2),
     StageSpec("table4", lambda p, run, st: stage_table4(p, run, st["policy"]), lambda s: {"table4": _result(s, "table4")},
               R.table4_section, R.table4_verdict, cpu_seconds=45),
-    StageSpec("model_diff", lambda p, run, st: stage_model_diff(p, run, st["activations"], st["saes"], selected_layers(st)[:p.diff_layers]),
-              whole("model_diff"), R.model_diff_section, enabled=lambda p: p.model_diff,
+    StageSpec("model_diff", lambda p, run, st: model_diff.stage_model_diff(p, run, st["activations"], st["saes"],
+                                                                           selected_layers(st)[:p.diff_layers]),
+              whole("model_diff"), R.model_diff_section, R.model_diff_verdict, enabled=lambda p: p.model_diff,
               cpu_seconds=55),
     StageSpec("what_changed", lambda p, run, st: what_changed.stage_what_changed(
                   p, run, st["policy"], st["activations"], st["saes"], st.get("model_diff"), n_reviews=p.wc_reviews,

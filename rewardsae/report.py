@@ -17,8 +17,8 @@ from .stages import Stage
 __all__ = ['SAE_METRICS', 'table', 'interval', 'figure', 'plan_stages', 'collect_figures', 'write_summary', 'show_report',
            'policy_section', 'divergence_verdict', 'divergence_section', 'sae_rows', 'sae_verdict', 'sae_section',
            'sae_checks_section', 'output_floor_verdict', 'output_floor_section', 'mmcs_section', 'explanations_section',
-           'table3_section', 'table4_verdict', 'table4_section', 'model_diff_section', 'probes_verdict',
-           'probes_section', 'what_changed_verdict', 'causal_verdict', 'ablations_section']
+           'table3_section', 'table4_verdict', 'table4_section', 'model_diff_verdict', 'model_diff_section',
+           'probes_verdict', 'probes_section', 'what_changed_verdict', 'causal_verdict', 'ablations_section']
 
 # %% ../nbs/14a_report.ipynb #332a56e4
 def table(rows: list[dict], floatfmt: str = ".3f") -> str:
@@ -241,26 +241,19 @@ def table4_section(s: dict, params) -> str:
     return "\n".join(["\n## Table 4: utility of completions (diff: RLHF − base, paired bootstrap)\n", table(rows)])
 
 
+def model_diff_verdict(s: dict, params) -> str | None:
+    from rewardsae.model_diff import _verdict
+    md = s.get("model_diff") or {}
+    out = [f"At layer {l}, " + _verdict(l, r["calibration"]).replace("**", "") for l, r in md.get("layers", {}).items()
+           if "calibration" in r]
+    return " ".join(out) or None
+
+
 def model_diff_section(s: dict, params) -> str:
-    md = s.get("model_diff")
-    if not md:
-        return ""
-    from rewardsae import model_diff
-    if hasattr(model_diff, "model_diff_section"):
-        return model_diff.model_diff_section(md, params) + figure(params, "relative_norms", "Relative decoder norm of the crosscoder's latents.")
-    rows = [{"layer": l, **{f"cc_{k}": v for k, v in r["crosscoder"].items() if k in ("fvu_base", "fvu_tuned", "l0", "dead_frac")},
-             **r["classes"], "scaling_pass": r["tuned_only_pass_scaling"], "scaling_fail": r["tuned_only_fail_scaling"],
-             "diff_sae_fvu": r["diff_sae"].get("fvu")} for l, r in md["layers"].items()]
-    scan = [{k: r[k] for k in ("layer", "dictionary", "n_latents", "n_alive", "n_tracks", "max_abs_r")} for r in md["reward_scan"]]
-    ch = [{k: r.get(k) for k in ("layer", "kind", "latent", "relative_norm", "decoder_change", "nu_eps", "nu_r", "freq", "r",
-                                  "mean_u_firing", "description")} for r in md["changed_latents"]]
-    return "\n".join([
-        "\n## Model diffing: crosscoder, diff-SAE and the reward scan (held-out reviews)\n",
-        f"Rules: classes by {md['rules']['classes']}; Latent Scaling {md['rules']['latent_scaling']}; a latent tracks the "
-        f"reward when {md['rules']['tracks_reward']}.\n", table(rows),
-        figure(params, "relative_norms", "Relative decoder norm ‖d_tuned‖ / (‖d_base‖ + ‖d_tuned‖) of the crosscoder's latents."),
-        "\n### Reward scan over every latent\n", table(scan),
-        "\n### Tuned-only, tuned-leaning and most changed latents\n", table(ch)])
+    from rewardsae.model_diff import model_diff_section
+    return (model_diff_section(s["model_diff"], params) + figure(
+        params, "relative_norms", "Relative decoder norm ‖d_tuned‖ / (‖d_base‖ + ‖d_tuned‖) of the crosscoder's latents.")
+            if s.get("model_diff") else "")
 
 
 def probes_verdict(s: dict, params) -> str | None:

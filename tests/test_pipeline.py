@@ -40,7 +40,7 @@ def test_params_refuse_unknown_names_and_values():
     with pytest.raises(ValueError, match="unknown explainer"):
         make_params(explainer="gpt5")
     p = make_params(model="EleutherAI/pythia-70m", preset="cpu")
-    assert (p.tokens, p.max_length, p.sae_seeds, p.sae_arch, p.topk_k) == (500_000, 128, [0], "batchtopk", 62)
+    assert (p.tokens, p.max_length, p.sae_seeds, p.sae_arch, p.topk_k) == (250_000, 128, [0], "batchtopk", 62)
     # the large (main) dictionaries train longer in the cpu preset; elsewhere large_epochs follows sae_epochs
     assert (p.sae_epochs, p.large_epochs) == (1, 2)
     assert (make_params(preset="paper").large_epochs, make_params(preset="smoke", sae_epochs=4).large_epochs) == (3, 4)
