@@ -180,7 +180,10 @@ def calibrate_layer(train: Callable, x_base, x_tuned, token_id, heldout=None, st
     token_id = np.asarray(token_id)
     if len(token_id) != x_base.shape[0]:
         raise ValueError(f"{x_base.shape[0]} activation rows but {len(token_id)} token ids")
-    sets = plant_sets(token_id, len(strengths), plant_frac, seed=seed, candidates=candidates)   # fails before training
+    try:   # too few distinct tokens (a smoke run): the null still calibrates, no known answer is planted
+        sets, skipped = plant_sets(token_id, len(strengths), plant_frac, seed=seed, candidates=candidates), None
+    except ValueError as e:
+        sets, skipped = None, str(e)
     t0 = time.perf_counter()
     w = mean_change(x_base, x_tuned)
     xt_null = shuffled_null(x_base, x_tuned, seed=seed)
@@ -195,13 +198,15 @@ def calibrate_layer(train: Callable, x_base, x_tuned, token_id, heldout=None, st
     del ht
     thr = null_thresholds(cc_null, freq >= min_freq, quantile)
     t1 = time.perf_counter()
-    dirs = random_directions(len(strengths), x_base.shape[1], seed=seed)
-    xt_plant = add_plants(x_tuned, token_id, sets, dirs, [s * w for s in strengths])
-    cc_plant = train(x_base, xt_plant, "planted")
-    del xt_plant
-    plants = [{"strength": s, "write_norm": s * w, "n_words": len(ws), "n_rows": int(np.isin(token_id, ws).sum()),
-               **find_plant(cc_plant, u, thr)} for s, ws, u in zip(strengths, sets, dirs)]
-    summary = {"rl_mean_change": w, "null": thr, "plants": plants,
+    plants, cc_plant = [], None
+    if sets is not None:
+        dirs = random_directions(len(strengths), x_base.shape[1], seed=seed)
+        xt_plant = add_plants(x_tuned, token_id, sets, dirs, [s * w for s in strengths])
+        cc_plant = train(x_base, xt_plant, "planted")
+        del xt_plant
+        plants = [{"strength": s, "write_norm": s * w, "n_words": len(ws), "n_rows": int(np.isin(token_id, ws).sum()),
+                   **find_plant(cc_plant, u, thr)} for s, ws, u in zip(strengths, sets, dirs)]
+    summary = {"rl_mean_change": w, "null": thr, "plants": plants, **({"plants_skipped": skipped} if skipped else {}),
                "detection_limit": detection_limit(strengths, [p["found"] for p in plants]),
                "seconds": {"null": round(t1 - t0, 1), "planted": round(time.perf_counter() - t1, 1)}}
     return summary, {"null": cc_null, "planted": cc_plant}

@@ -408,6 +408,8 @@ def _verdict(layer: str, cal: dict) -> str:
     else:
         found = (f"**no live crosscoder latent lies beyond the shuffled-difference null's {pct}** (decoder change "
                  f"{thr['decoder_change']:.3f}, relative norm [{thr['relative_norm_low']:.3f}, {thr['relative_norm_high']:.3f}])")
+    if not cal["plants"]:
+        return f"At layer {layer}, {found}; no known answer was planted ({cal.get('plants_skipped', 'no strengths')})."
     tried = ", ".join(f"{p['strength']:g}×" for p in cal["plants"])
     lim = cal["detection_limit"]
     det = (f"the stage detects a planted feature down to **{lim:g}× RL's mean per-token change** (‖x_tuned − x_base‖ "

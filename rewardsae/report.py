@@ -244,7 +244,7 @@ def table4_section(s: dict, params) -> str:
 def model_diff_verdict(s: dict, params) -> str | None:
     from rewardsae.model_diff import _verdict
     md = s.get("model_diff") or {}
-    out = [f"At layer {l}, " + _verdict(l, r["calibration"]).replace("**", "") for l, r in md.get("layers", {}).items()
+    out = [_verdict(l, r["calibration"]).replace("**", "") for l, r in md.get("layers", {}).items()
            if "calibration" in r]
     return " ".join(out) or None
 
