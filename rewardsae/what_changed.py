@@ -80,7 +80,7 @@ def frequency_baseline(token: np.ndarray, tok, vocab_size: int, k: int = 20) -> 
 def plot_profile(profiles: dict, path=None, title: str = "What fine-tuning changed, by block"):
     "Mean ‖δ‖/‖h‖ and logit-lens KL(tuned ‖ base) per block, one line per position bucket, one style per corpus."
     import matplotlib.pyplot as plt
-    from rewardsae.files import atomic_file
+    from rewardsae.files import save_figure
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for (corpus, df), ls in zip(profiles.items(), ("-", "--", ":")):
         for j, (pos, g) in enumerate(df.groupby("position", sort=False)):
@@ -93,16 +93,14 @@ def plot_profile(profiles: dict, path=None, title: str = "What fine-tuning chang
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        for ext in ("png", "pdf"):
-            with atomic_file(Path(f"{path}.{ext}")) as tmp:
-                fig.savefig(tmp, dpi=110, format=ext)
+        save_figure(fig, path, dpi=110)
     return fig
 
 
 def plot_top_tokens(lists: dict, path=None, k: int = 20, title: str = "Top tokens per method (green: positive VADER valence)"):
     "One column per method of its ranked tokens, coloured by VADER valence."
     import matplotlib.pyplot as plt
-    from rewardsae.files import atomic_file
+    from rewardsae.files import save_figure
     fig, ax = plt.subplots(figsize=(1.6 * max(1, len(lists)) + 1, 0.28 * k + 1))
     for j, (name, toks) in enumerate(lists.items()):
         ax.text(j, -1, name, ha="center", fontsize=8, weight="bold")
@@ -115,9 +113,7 @@ def plot_top_tokens(lists: dict, path=None, k: int = 20, title: str = "Top token
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        for ext in ("png", "pdf"):
-            with atomic_file(Path(f"{path}.{ext}")) as tmp:
-                fig.savefig(tmp, dpi=110, format=ext)
+        save_figure(fig, path, dpi=110)
     return fig
 
 # %% ../nbs/08e_what_changed.ipynb #bda4e68f

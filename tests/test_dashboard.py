@@ -11,7 +11,6 @@ import torch
 from rewardsae.dashboard import chromium_driver, pick_latents, screenshot, stage_dashboard, write_dashboard
 from rewardsae.dashboard_data import (LatentRef, RunFolder, latent_activations, latent_card, latent_lists, load_dictionary,
                                       logit_tokens, parse_latent, review_rows)
-from rewardsae.models import load_causal_lm
 from rewardsae.pipeline import activation_store, make_params, run_all
 
 SMALL = dict(model="tiny-neox", preset="smoke", n_layers=1, k_features=3, k_table3=4, n_completions=6, model_diff=True,
@@ -65,16 +64,9 @@ def test_latent_names_and_page_picking():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    "A smoke run of tiny-neox against a perturbed copy, with model_diff, and its dashboard."
-    model, tok = load_causal_lm("tiny-neox")
-    with torch.no_grad():
-        model.gpt_neox.layers[3].mlp.dense_h_to_4h.weight[0, 0] += 5.0
-        model.gpt_neox.layers[1].attention.dense.weight[0, 0] += 2.0
-    tuned = tmp_path_factory.mktemp("tuned") / "tiny-tuned"
-    model.save_pretrained(tuned)
-    tok.save_pretrained(tuned)
-    p = make_params(tuned=str(tuned), out=str(tmp_path_factory.mktemp("runs") / "smoke"), **SMALL)
+def smoke(tmp_path_factory, tuned_tiny):
+    "A smoke run of tiny-neox against a perturbed copy (`conftest.tuned_tiny`), with model_diff, and its dashboard."
+    p = make_params(tuned=tuned_tiny, out=str(tmp_path_factory.mktemp("runs") / "smoke"), **SMALL)
     st = run_all(p)
     dash = stage_dashboard(p, p.out, st, max_pages=40)
     return p, st, dash
