@@ -265,15 +265,17 @@ def changed_table(lat: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     """The latents the report lists, from `diff_layer`'s per-latent table with the boolean columns `live`,
     `change_above`, `rel_above` and `rel_below` (beyond the null's thresholds, chapter 8b1): `tuned_only`
     and `tuned_leaning` by class (the `top` with most tuned write / highest relative norm), then the live latents
-    beyond the null not listed yet: `tuned_side` (relative norm above the null's range, `top` highest), `base_side`
-    (below it) and `changed` (the `top` largest decoder changes above the null's threshold)."""
+    beyond the null's relative-norm range not listed yet: `tuned_side` (above it, `top` highest), `base_side` (below it),
+    and `changed`: the `top` largest decoder changes among the other live latents, each with `change_above` saying
+    whether it passes the null's threshold. They are listed either way: a change held in one direction is also learnt
+    by the shuffled null (it moves the same difference vectors to other tokens), so its threshold can hide it."""
     tuned_only = lat[lat["class"] == "tuned_only"].nlargest(top, "tuned_write").assign(kind="tuned_only")
     leaning = lat[lat["class"] == "tuned_leaning"].nlargest(top, "relative_norm").assign(kind="tuned_leaning")
     rest = lat[~lat["class"].isin(["tuned_only", "tuned_leaning"]) & lat.live]
     tuned_side = rest[rest.rel_above].nlargest(top, "relative_norm").assign(kind="tuned_side")
     base_side = rest[rest.rel_below].nsmallest(top, "relative_norm").assign(kind="base_side")
     rest = rest[~rest.rel_above & ~rest.rel_below]
-    changed = rest[rest.change_above].nlargest(top, "decoder_change").assign(kind="changed")
+    changed = rest.nlargest(top, "decoder_change").assign(kind="changed")
     return pd.concat([tuned_only, leaning, tuned_side, base_side, changed])
 
 # %% ../nbs/08b_model_diff.ipynb #5f2fd2be
