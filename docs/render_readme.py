@@ -2,7 +2,8 @@
 (`figures/reference_summary.json`, `figures/reference_report.md`), never typed. `make readme` runs it; a test checks
 that README.md is what it writes.
 
-Placeholders: `{{verdict}}` (the reference report's opening paragraph), `{{json:KEY.PATH|FORMAT}}` (a value of the
+Placeholders: `{{verdict}}` (the reference report's opening paragraph), `{{sentiment_verdict}}` (the sentiment
+reference run's, `figures/reference_sentiment_report.md`), `{{json:KEY.PATH|FORMAT}}` (a value of the
 reference summary, e.g. `{{json:table4.diff.mean_utility.mean|+.3f}}`), `{{minutes:SECONDS_KEY}}`."""
 import json
 import re
@@ -25,6 +26,9 @@ def render(root: Path = ROOT) -> str:
     verdict = report.split("## What this run found\n", 1)[1].split("\n## ", 1)[0].strip()
     text = (root / "docs" / "README.template.md").read_text()
     text = text.replace("{{verdict}}", verdict)
+    sent = root / "figures" / "reference_sentiment_report.md"
+    if "{{sentiment_verdict}}" in text:
+        text = text.replace("{{sentiment_verdict}}", sent.read_text().split("## What this run found\n", 1)[1].split("\n## ", 1)[0].strip())
     text = text.replace("{{stage_minutes}}", f"{sum(summary['timings'].values()) / 60:.0f}")
     def one(m):
         path, _, fmt = m.group(1).partition("|")
